@@ -1,0 +1,150 @@
+"""Turns a raw `spec` into a ClusterSpec or a list of messages a user can act on.
+
+The CRD schema rejects most bad input at `kubectl apply`; this module repeats those rules
+(an older CRD, or a cluster where CEL is off, must not get a half-built database) and
+adds what a schema cannot say: cron ranges, setting types, and changes that are unsafe
+compared with what was last applied.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from .quantity import QUANTITY_PATTERN, parse_quantity
+from .spec import CIDR_PATTERN, CRON_PATTERN, REPLICA_NAME_PATTERN, SQL_IDENTIFIER_PATTERN, ClusterSpec
+
+RESERVED_CONNECTIONS = 20  # superuser, replication, the operator, maintenance Jobs
+
+_CRON_RANGES = [("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12),
+                ("day of week", 0, 7)]
+_INTEGER_PARAMETERS = {"max_connections", "max_worker_processes", "max_parallel_workers",
+                       "max_parallel_workers_per_gather", "autovacuum_max_workers",
+                       "default_statistics_target", "max_locks_per_transaction"}
+
+
+class InvalidSpec(Exception):
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def parse_spec(raw: dict | None) -> ClusterSpec:
+    """The typed spec, or InvalidSpec with every problem found."""
+    try:
+        spec = ClusterSpec.model_validate(raw or {})
+    except ValidationError as err:
+        raise InvalidSpec([_pydantic_message(e) for e in err.errors()]) from None
+    problems = semantic_problems(spec)
+    if problems:
+        raise InvalidSpec(problems)
+    return spec
+
+
+_PATTERN_MEANING = {
+    CRON_PATTERN: "needs a cron schedule: five fields (minute hour day-of-month month day-of-week) or @hourly, @daily, ...",
+    QUANTITY_PATTERN: "needs a quantity like '500m', '4', '16Gi' or '1Ti'",
+    SQL_IDENTIFIER_PATTERN: "needs a lower-case SQL name: a letter or _, then letters, digits or _ (at most 63)",
+    REPLICA_NAME_PATTERN: "needs a short name: lower-case letters, digits and '-', starting with a letter (at most 15)",
+    CIDR_PATTERN: "needs a network like 10.0.0.0/8",
+}
+
+
+def _pydantic_message(error: dict) -> str:
+    path = "spec" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "string_pattern_mismatch":
+        message = _PATTERN_MEANING.get(error["ctx"]["pattern"], message)
+        message = f"{error['input']!r} {message}"
+    return f"{path}: {message}"
+
+
+def max_connections(spec: ClusterSpec) -> int:
+    return int(spec.postgres.parameters.get("max_connections", "500"))
+
+
+def semantic_problems(spec: ClusterSpec) -> list[str]:
+    problems: list[str] = []
+    for name, value in spec.postgres.parameters.items():
+        if name in _INTEGER_PARAMETERS and not value.isdigit():
+            problems.append(f"spec.postgres.parameters.{name}: {value!r} is not a whole number")
+    if problems:
+        return problems
+    if spec.failover.enabled and not spec.promotable_replicas:
+        problems.append("spec.replicas: failover needs at least one replica with promotable: true")
+    if spec.postgres.synchronous.enabled and len(spec.promotable_replicas) < spec.postgres.synchronous.number:
+        problems.append("spec.postgres.synchronous.number is larger than the number of promotable replicas")
+    bouncer = spec.pgbouncer
+    pools = bouncer.primary_pool_size + bouncer.read_only_pool_size + sum(r.pool_size for r in spec.replicas)
+    needed = bouncer.instances * pools + RESERVED_CONNECTIONS
+    if needed > max_connections(spec):
+        problems.append(
+            f"spec.pgbouncer: pools need {needed} connections ({bouncer.instances} instances x {pools} "
+            f"+ {RESERVED_CONNECTIONS} reserved) but max_connections is {max_connections(spec)}"
+        )
+    for where, schedule in _schedules(spec):
+        problem = cron_problem(schedule)
+        if problem:
+            problems.append(f"{where}: {problem}")
+    return problems
+
+
+def _schedules(spec: ClusterSpec) -> list[tuple[str, str]]:
+    maintenance = spec.maintenance
+    return [(f"spec.maintenance.partitionedTables[{i}].schedule", t.schedule)
+            for i, t in enumerate(maintenance.partitioned_tables)] + [
+        (f"spec.maintenance.materializedViews[{i}].schedule", v.schedule)
+        for i, v in enumerate(maintenance.materialized_views)]
+
+
+def cron_problem(schedule: str) -> str | None:
+    """None for a valid five-field cron schedule (or @hourly and friends), else why not."""
+    if schedule.startswith("@"):
+        return None
+    fields = schedule.split()
+    if len(fields) != 5:
+        return f"{schedule!r} needs five fields (minute hour day-of-month month day-of-week)"
+    for text, (name, low, high) in zip(fields, _CRON_RANGES):
+        for part in text.split(","):
+            base, _, step = part.partition("/")
+            if step and (not step.isdigit() or int(step) == 0):
+                return f"{schedule!r}: bad step {step!r} in the {name} field"
+            if base == "*":
+                continue
+            bounds = base.split("-")
+            if len(bounds) > 2 or not all(b.isdigit() for b in bounds):
+                return f"{schedule!r}: {part!r} is not a number, range or '*' in the {name} field"
+            if any(not low <= int(b) <= high for b in bounds):
+                return f"{schedule!r}: {part!r} is outside {low}-{high} in the {name} field"
+    return None
+
+
+def applied_record(spec: ClusterSpec) -> dict:
+    """What later changes are checked against; stored in status after a successful apply."""
+    return {
+        "postgresVersion": spec.postgres.version,
+        "storageSize": spec.postgres.storage.size,
+        "storageClassName": spec.postgres.storage.storage_class_name or "",
+    }
+
+
+def unsafe_change_problems(applied: dict | None, spec: ClusterSpec) -> list[str]:
+    """Changes that would destroy data or cannot be done in place; nothing is applied then."""
+    if not applied:
+        return []
+    problems = []
+    old_version = applied.get("postgresVersion")
+    if old_version is not None and old_version != spec.postgres.version:
+        problems.append(
+            f"spec.postgres.version: the PostgreSQL major version cannot change in place "
+            f"({old_version} -> {spec.postgres.version}); create a new cluster and migrate"
+        )
+    old_size = applied.get("storageSize")
+    if old_size and parse_quantity(spec.postgres.storage.size) < parse_quantity(old_size):
+        problems.append(
+            f"spec.postgres.storage.size: storage cannot shrink ({old_size} -> {spec.postgres.storage.size})"
+        )
+    old_class = applied.get("storageClassName")
+    if old_class is not None and old_class != (spec.postgres.storage.storage_class_name or ""):
+        problems.append("spec.postgres.storage.storageClassName: existing volumes cannot move to another "
+                        "storage class")
+    return problems

@@ -1,0 +1,34 @@
+"""Pure builders: a cluster's spec and topology in, the Kubernetes objects it needs out."""
+
+from __future__ import annotations
+
+from .common import ClusterContext
+from .cronjobs import maintenance_cronjobs
+from .network import network_policies
+from .pgbouncer import pgbouncer_objects
+from .postgres import (instance_config_map, instance_statefulset, postgres_disruption_budget,
+                       scripts_config_map)
+from .redis import redis_objects
+from .services import database_services
+
+
+def desired_objects(ctx: ClusterContext) -> list[dict]:
+    """Every child except the credential Secrets (created once, never re-applied).
+
+    Order matters on first creation: configuration before the pods that mount it.
+    """
+    objects: list[dict] = [scripts_config_map(ctx)]
+    for instance in ctx.topology.instances:
+        objects.append(instance_config_map(ctx, instance))
+    objects += database_services(ctx)
+    for instance in ctx.topology.instances:
+        objects.append(instance_statefulset(ctx, instance))
+    objects.append(postgres_disruption_budget(ctx))
+    objects += pgbouncer_objects(ctx)
+    objects += redis_objects(ctx)
+    objects += maintenance_cronjobs(ctx)
+    objects += network_policies(ctx)
+    return objects
+
+
+__all__ = ["ClusterContext", "desired_objects"]

@@ -1,0 +1,49 @@
+"""NetworkPolicies: a database instance accepts connections only from PgBouncer, its
+peers (replication), the operator and the maintenance Jobs of its own cluster."""
+
+from __future__ import annotations
+
+from .common import (MAINTENANCE, OPERATOR_POD_LABELS, PGBOUNCER, POSTGRES, POSTGRES_PORT, REDIS,
+                     REDIS_PORT, ClusterContext, metadata, selector)
+
+
+def _policy(ctx: ClusterContext, name: str, component: str, port: int, sources: list[dict] | None) -> dict:
+    rule: dict = {"ports": [{"protocol": "TCP", "port": port}]}
+    if sources is not None:
+        rule["from"] = sources
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(ctx, name, component),
+        "spec": {
+            "podSelector": {"matchLabels": selector(ctx, component)},
+            "policyTypes": ["Ingress"],
+            "ingress": [rule],
+        },
+    }
+
+
+def postgres_network_policy(ctx: ClusterContext) -> dict:
+    sources = [
+        {"podSelector": {"matchLabels": selector(ctx, component)}}
+        for component in (PGBOUNCER, POSTGRES, MAINTENANCE)
+    ]
+    # the operator runs in its own namespace
+    sources.append({"namespaceSelector": {}, "podSelector": {"matchLabels": OPERATOR_POD_LABELS}})
+    return _policy(ctx, ctx.child("postgres"), POSTGRES, POSTGRES_PORT, sources)
+
+
+def pgbouncer_network_policy(ctx: ClusterContext) -> dict:
+    """Applications anywhere may reach PgBouncer, but only on its port."""
+    return _policy(ctx, ctx.child(PGBOUNCER), PGBOUNCER, POSTGRES_PORT, None)
+
+
+def redis_network_policy(ctx: ClusterContext) -> dict:
+    return _policy(ctx, ctx.child(REDIS), REDIS, REDIS_PORT, None)
+
+
+def network_policies(ctx: ClusterContext) -> list[dict]:
+    policies = [postgres_network_policy(ctx), pgbouncer_network_policy(ctx)]
+    if ctx.spec.redis.enabled:
+        policies.append(redis_network_policy(ctx))
+    return policies

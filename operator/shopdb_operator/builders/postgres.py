@@ -1,0 +1,226 @@
+"""The PostgreSQL instances: one StatefulSet per instance, its ConfigMap, the shared
+scripts ConfigMap and the PodDisruptionBudget.
+
+One StatefulSet per instance, not one for all: the primary and the replicas differ in
+resources and settings, roles move on failover, and a dedicated replica (analytics) must
+be removable without renumbering the others. Each StatefulSet uses `OnDelete`, so a
+template change (a new role after failover) never restarts a database by itself: the
+operator decides when a pod restarts.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .. import scripts
+from ..api.quantity import to_bytes
+from ..api.spec import ComputeResources
+from ..topology import PRIMARY, Instance
+from . import config_files
+from .common import (
+    LABEL_INSTANCE, LABEL_PROMOTABLE, LABEL_ROLE, POSTGRES, POSTGRES_PORT, POSTGRES_UID,
+    ClusterContext, config_map_volume, container_resources, container_security_context,
+    content_hash, empty_dir, exec_probe, labels, metadata, pod_security_context, route_label,
+    secret_env, selector, soft_anti_affinity,
+)
+from .secrets import (APP_CREDENTIAL, REPLICATION_CREDENTIAL, REPLICATION_USER,
+                      SUPERUSER_CREDENTIAL)
+
+DATA_MOUNT = "/var/lib/postgresql/data"
+PGDATA = f"{DATA_MOUNT}/pgdata"  # a subdirectory: a volume's root may hold lost+found
+CONFIG_MOUNT = "/etc/shopdb/config"
+SCRIPTS_MOUNT = "/etc/shopdb/scripts"
+INIT_MOUNT = "/etc/shopdb/init"
+ANNOTATION_CONFIG_HASH = "shopdb.io/config-hash"
+
+
+def scripts_config_map_name(ctx: ClusterContext) -> str:
+    return ctx.child("scripts")
+
+
+def instance_config_map_name(instance: Instance) -> str:
+    return f"{instance.name}-config"
+
+
+def headless_service_name(ctx: ClusterContext) -> str:
+    return ctx.child("instances")
+
+
+def instance_resources(ctx: ClusterContext, instance: Instance) -> ComputeResources:
+    res = ctx.spec.postgres.resources
+    return res.primary if ctx.topology.role_of(instance.name) == PRIMARY else res.replica
+
+
+def instance_labels(ctx: ClusterContext, instance: Instance) -> dict[str, str]:
+    """Role and route labels: Services select on them, so failover is a relabel."""
+    extra = {
+        LABEL_INSTANCE: instance.name,
+        LABEL_ROLE: ctx.topology.role_of(instance.name),
+        LABEL_PROMOTABLE: str(instance.promotable).lower(),
+    }
+    for route in ctx.topology.routes_of(instance.name):
+        extra[route_label(route)] = "true"
+    return labels(ctx, POSTGRES, **extra)
+
+
+def scripts_config_map(ctx: ClusterContext) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(ctx, scripts_config_map_name(ctx), POSTGRES),
+        "data": scripts.instance_scripts(),
+    }
+
+
+def instance_config_map(ctx: ClusterContext, instance: Instance) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(ctx, instance_config_map_name(instance), POSTGRES,
+                             **{LABEL_INSTANCE: instance.name}),
+        "data": {
+            "postgresql.conf": config_files.postgresql_conf(
+                ctx.spec, instance_resources(ctx, instance), instance.analytics),
+            "pg_hba.conf": config_files.pg_hba_conf(ctx.spec),
+        },
+    }
+
+
+def _env(ctx: ClusterContext, instance: Instance) -> list[dict]:
+    peers = [i.slot for i in ctx.topology.instances if i.name != instance.name]
+    plain = {
+        "PGDATA": PGDATA,
+        "HOME": "/tmp",  # the root filesystem is read-only; psql and libpq may write dotfiles
+        "SHOPDB_CLUSTER": ctx.name,
+        "SHOPDB_INSTANCE": instance.name,
+        "SHOPDB_PRIMARY_HOST": ctx.child("rw"),
+        "SHOPDB_PRIMARY_PORT": str(POSTGRES_PORT),
+        "SHOPDB_PORT": str(POSTGRES_PORT),
+        "SHOPDB_LISTEN": "*",
+        "SHOPDB_SLOT": instance.slot,
+        "SHOPDB_PEER_SLOTS": ",".join(peers),
+        "SHOPDB_DATABASE": ctx.spec.postgres.database,
+        "SHOPDB_OWNER": ctx.spec.postgres.owner,
+        "SHOPDB_REPLICATION_USER": REPLICATION_USER,
+        "SHOPDB_READY_MAX_LAG_BYTES": str(ctx.spec.failover.max_lag_bytes),
+        "SHOPDB_ANALYTICS": str(instance.analytics).lower(),
+    }
+    env = [{"name": k, "value": v} for k, v in plain.items()]
+    env += [
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        # Read at every container start: an instance starts writable only if recorded primary.
+        {"name": "SHOPDB_ROLE", "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{LABEL_ROLE}']"}}},
+        secret_env("SHOPDB_SUPERUSER_PASSWORD", SUPERUSER_CREDENTIAL.secret_name(ctx)),
+        secret_env("SHOPDB_REPLICATION_PASSWORD", REPLICATION_CREDENTIAL.secret_name(ctx)),
+        secret_env("SHOPDB_OWNER_PASSWORD", APP_CREDENTIAL.secret_name(ctx)),
+    ]
+    return env
+
+
+def _startup_failure_threshold(storage: str) -> int:
+    """A replica clones the whole database before it can answer: allow an hour per 100Gi."""
+    hundreds_of_gib = max(1, math.ceil(to_bytes(storage) / (100 * 1024 ** 3)))
+    return 360 * hundreds_of_gib  # probes every 10 s
+
+
+def _shm_size(res: ComputeResources) -> str:
+    """PostgreSQL's parallel queries use /dev/shm; the runtime's default 64Mi is too small."""
+    return f"{max(64, min(2048, to_bytes(res.memory) // (4 * 1024 * 1024)))}Mi"
+
+
+def _volumes(ctx: ClusterContext, instance: Instance, res: ComputeResources) -> tuple[list[dict], list[dict]]:
+    volumes = [
+        config_map_volume("config", instance_config_map_name(instance)),
+        config_map_volume("scripts", scripts_config_map_name(ctx), mode=0o555),
+        empty_dir("run"),
+        empty_dir("tmp"),
+        empty_dir("shm", medium="Memory", size=_shm_size(res)),
+    ]
+    mounts = [
+        {"name": "data", "mountPath": DATA_MOUNT},
+        {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+        {"name": "scripts", "mountPath": SCRIPTS_MOUNT, "readOnly": True},
+        {"name": "run", "mountPath": "/var/run/postgresql"},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "shm", "mountPath": "/dev/shm"},
+    ]
+    init_sql = ctx.spec.postgres.init_sql
+    if init_sql is not None:
+        volumes.append({"name": "init", "configMap": {
+            "name": init_sql.config_map_name,
+            "items": [{"key": init_sql.key, "path": "init.sql"}],
+        }})
+        mounts.append({"name": "init", "mountPath": INIT_MOUNT, "readOnly": True})
+    return volumes, mounts
+
+
+def instance_statefulset(ctx: ClusterContext, instance: Instance) -> dict:
+    res = instance_resources(ctx, instance)
+    storage = ctx.spec.postgres.storage
+    volumes, mounts = _volumes(ctx, instance, res)
+    pod_labels = instance_labels(ctx, instance)
+    config = instance_config_map(ctx, instance)["data"]
+    container = {
+        "name": "postgres",
+        "image": ctx.spec.postgres.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["bash", f"{SCRIPTS_MOUNT}/instance.sh"],
+        "env": _env(ctx, instance),
+        "ports": [{"name": "postgres", "containerPort": POSTGRES_PORT, "protocol": "TCP"}],
+        "resources": container_resources(res),
+        "securityContext": container_security_context(),
+        "volumeMounts": mounts,
+        "startupProbe": exec_probe(["bash", f"{SCRIPTS_MOUNT}/probe.sh", "startup"], 10, 5,
+                                   _startup_failure_threshold(storage.size)),
+        "readinessProbe": exec_probe(["bash", f"{SCRIPTS_MOUNT}/probe.sh", "ready"], 5, 5, 3),
+        "livenessProbe": exec_probe(["bash", f"{SCRIPTS_MOUNT}/probe.sh", "live"], 10, 5, 6),
+    }
+    claim = {
+        "metadata": {"name": "data", "labels": selector(ctx, POSTGRES, **{LABEL_INSTANCE: instance.name})},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": storage.size}},
+        },
+    }
+    if storage.storage_class_name:
+        claim["spec"]["storageClassName"] = storage.storage_class_name
+    when_deleted = "Delete" if ctx.spec.reclaim_policy.value == "Delete" else "Retain"
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": metadata(ctx, instance.name, POSTGRES, **{LABEL_INSTANCE: instance.name}),
+        "spec": {
+            "replicas": 1,
+            "serviceName": headless_service_name(ctx),
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "OnDelete"},
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": when_deleted, "whenScaled": "Retain"},
+            "selector": {"matchLabels": selector(ctx, POSTGRES, **{LABEL_INSTANCE: instance.name})},
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {ANNOTATION_CONFIG_HASH: content_hash(config)},
+                },
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": 60,
+                    "securityContext": pod_security_context(POSTGRES_UID),
+                    "affinity": soft_anti_affinity(selector(ctx, POSTGRES)),
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+            "volumeClaimTemplates": [claim],
+        },
+    }
+
+
+def postgres_disruption_budget(ctx: ClusterContext) -> dict:
+    """Voluntary evictions take at most one database instance at a time."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(ctx, ctx.child("postgres"), POSTGRES),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(ctx, POSTGRES)}},
+    }

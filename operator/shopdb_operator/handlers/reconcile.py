@@ -1,0 +1,162 @@
+"""Reconciliation: apply what the builders return, observe what is running.
+
+Kept free of kopf so that it can be driven directly in tests; handlers/__init__.py wires
+it to kopf's create/update/resume handlers and timer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass, field
+
+from ..api.validate import InvalidSpec, applied_record, parse_spec, unsafe_change_problems
+from ..builders import ClusterContext, desired_objects
+from ..builders.common import LABEL_CLUSTER, LABEL_INSTANCE, LABEL_ROLE, POSTGRES
+from ..builders.secrets import CREDENTIALS, credential_secret
+from ..kube.client import Kube, KubeError
+from ..status import summarize_instances
+from ..topology import plan_topology
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPERATOR_IMAGE = "shopdb/operator:0.1.0"
+# Kinds the operator creates (besides Secrets, which it never deletes by itself).
+PRUNABLE = [
+    ("v1", "ConfigMap"), ("v1", "Service"), ("apps/v1", "StatefulSet"), ("apps/v1", "Deployment"),
+    ("policy/v1", "PodDisruptionBudget"), ("batch/v1", "CronJob"), ("networking.k8s.io/v1", "NetworkPolicy"),
+]
+
+
+def operator_image() -> str:
+    return os.environ.get("SHOPDB_OPERATOR_IMAGE", DEFAULT_OPERATOR_IMAGE)
+
+
+@dataclass
+class Outcome:
+    """What one reconciliation did, for status and Events (never any secret value)."""
+
+    status: dict = field(default_factory=dict)
+    created_secrets: list[str] = field(default_factory=list)
+    applied: int = 0
+    pruned: list[str] = field(default_factory=list)
+
+
+def cluster_context(name: str, namespace: str, uid: str, spec_raw: dict | None, status: dict | None) -> ClusterContext:
+    """Parse and check the spec against what was applied before; raises InvalidSpec."""
+    status = status or {}
+    spec = parse_spec(spec_raw)
+    problems = unsafe_change_problems(status.get("applied"), spec)
+    if problems:
+        raise InvalidSpec(problems)
+    topology = plan_topology(name, spec, status.get("topology"))
+    return ClusterContext(name=name, namespace=namespace, uid=uid, spec=spec, topology=topology,
+                          operator_image=operator_image())
+
+
+def ensure_secrets(kube: Kube, ctx: ClusterContext) -> list[str]:
+    """Create missing credential Secrets; an existing one is never overwritten."""
+    created = []
+    for credential in CREDENTIALS:
+        name = credential.secret_name(ctx)
+        existing = kube.get("v1", "Secret", ctx.namespace, name)
+        if existing is None:
+            manifest = credential_secret(ctx, credential, secrets.token_urlsafe(32))
+            if kube.create(manifest) is not None:
+                created.append(name)
+            continue
+        wanted = credential_secret(ctx, credential, "")["metadata"].get("ownerReferences", [])
+        if existing["metadata"].get("ownerReferences", []) != wanted:
+            # the reclaim policy changed: only ownership moves, the data stays
+            kube.merge_patch("v1", "Secret", ctx.namespace, name, {"metadata": {"ownerReferences": wanted or None}})
+    return created
+
+
+def apply_objects(kube: Kube, ctx: ClusterContext, objects: list[dict]) -> int:
+    for obj in objects:
+        try:
+            kube.apply(obj)
+        except KubeError as err:
+            if obj["kind"] == "StatefulSet" and err.status == 422 and "volumeClaimTemplates" in err.message:
+                grow_volumes(kube, ctx, obj)
+            else:
+                raise
+    return len(objects)
+
+
+def grow_volumes(kube: Kube, ctx: ClusterContext, statefulset: dict) -> None:
+    """Volume claim templates are immutable: resize the claims, then recreate the
+    StatefulSet without touching its pod (orphan delete)."""
+    name = statefulset["metadata"]["name"]
+    size = statefulset["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+    claim = f"data-{name}-0"
+    if kube.get("v1", "PersistentVolumeClaim", ctx.namespace, claim) is not None:
+        kube.merge_patch("v1", "PersistentVolumeClaim", ctx.namespace, claim,
+                         {"spec": {"resources": {"requests": {"storage": size}}}})
+    kube.delete("apps/v1", "StatefulSet", ctx.namespace, name, propagation="Orphan")
+    kube.apply(statefulset)
+
+
+def prune(kube: Kube, ctx: ClusterContext, objects: list[dict]) -> list[str]:
+    """Delete children this cluster owns that the spec no longer asks for.
+
+    A removed instance's volume stays (StatefulSet retention policy), so nothing is lost.
+    """
+    wanted = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    pruned = []
+    for api_version, kind in PRUNABLE:
+        for item in kube.list(api_version, kind, ctx.namespace, {LABEL_CLUSTER: ctx.name}):
+            meta = item["metadata"]
+            owners = [ref.get("uid") for ref in meta.get("ownerReferences", [])]
+            if (kind, meta["name"]) in wanted or ctx.uid not in owners:
+                continue
+            kube.delete(api_version, kind, ctx.namespace, meta["name"])
+            pruned.append(f"{kind}/{meta['name']}")
+    return pruned
+
+
+def reconcile(kube: Kube, name: str, namespace: str, uid: str, spec_raw: dict | None, status: dict | None,
+              generation: int | None) -> Outcome:
+    """Bring the cluster's children in line with its spec. Raises InvalidSpec before
+    touching anything when the spec cannot be built."""
+    ctx = cluster_context(name, namespace, uid, spec_raw, status)
+    objects = desired_objects(ctx)
+    outcome = Outcome()
+    outcome.created_secrets = ensure_secrets(kube, ctx)
+    outcome.applied = apply_objects(kube, ctx, objects)
+    outcome.pruned = prune(kube, ctx, objects)
+    outcome.status = {
+        "topology": ctx.topology.to_status(),
+        "currentPrimary": ctx.topology.primary,
+        "applied": applied_record(ctx.spec),
+        "observedGeneration": generation,
+    }
+    return outcome
+
+
+def observe_instances(kube: Kube, ctx: ClusterContext) -> list[dict]:
+    """Each instance as its pod shows it: role label and readiness."""
+    pods = {p["metadata"]["labels"].get(LABEL_INSTANCE): p
+            for p in kube.list("v1", "Pod", ctx.namespace, {LABEL_CLUSTER: ctx.name, "app.kubernetes.io/component": POSTGRES})}
+    observed = []
+    for instance in ctx.topology.instances:
+        pod = pods.get(instance.name)
+        ready = False
+        if pod is not None and not pod["metadata"].get("deletionTimestamp"):
+            conditions = pod.get("status", {}).get("conditions", [])
+            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        observed.append({
+            "name": instance.name,
+            "role": pod["metadata"]["labels"].get(LABEL_ROLE, "") if pod else ctx.topology.role_of(instance.name),
+            "ready": ready,
+            "promotable": instance.promotable,
+            "routes": ctx.topology.routes_of(instance.name),
+        })
+    return observed
+
+
+def observed_status(kube: Kube, ctx: ClusterContext) -> dict:
+    instances = observe_instances(kube, ctx)
+    ready, phase, all_ready = summarize_instances(instances)
+    return {"instances": instances, "readyInstances": ready, "phase": phase, "allReady": all_ready}

@@ -1,0 +1,143 @@
+"""The only code that talks to the Kubernetes API.
+
+A thin layer over the official client's authenticated transport: objects stay plain
+dicts (as builders make them), writes are server-side apply so that drift is undone and
+no-op applies are free, and errors carry the API server's own message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Iterable
+
+import kubernetes
+from kubernetes.client import ApiClient, Configuration
+
+log = logging.getLogger(__name__)
+
+FIELD_MANAGER = "shopdb-operator"
+
+# Kinds we manage: kind -> resource plural. A fixed map (not discovery) keeps RBAC tight.
+PLURALS = {
+    "ConfigMap": "configmaps",
+    "Secret": "secrets",
+    "Service": "services",
+    "Pod": "pods",
+    "PersistentVolumeClaim": "persistentvolumeclaims",
+    "Event": "events",
+    "StatefulSet": "statefulsets",
+    "Deployment": "deployments",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+    "CronJob": "cronjobs",
+    "Job": "jobs",
+    "NetworkPolicy": "networkpolicies",
+    "Lease": "leases",
+    "ShopDatabaseCluster": "shopdatabaseclusters",
+}
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, message: str, reason: str = ""):
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def load_configuration() -> Configuration:
+    config = Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=config)
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(client_configuration=config)
+    return config
+
+
+def resource_path(api_version: str, kind: str, namespace: str | None, name: str | None = None,
+                  subresource: str | None = None) -> str:
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    if namespace:
+        base += f"/namespaces/{namespace}"
+    path = f"{base}/{PLURALS[kind]}"
+    if name:
+        path += f"/{name}"
+    if subresource:
+        path += f"/{subresource}"
+    return path
+
+
+class Kube:
+    def __init__(self, configuration: Configuration | None = None, timeout: float = 30):
+        self.api = ApiClient(configuration or load_configuration())
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: Any = None, query: Iterable[tuple[str, str]] = (),
+                content_type: str | None = None) -> dict | None:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        elif body is not None:
+            headers["Content-Type"] = "application/json"
+        _, url, headers, body, _ = self.api.param_serialize(
+            method=method, resource_path=path, query_params=list(query),
+            header_params=headers, body=body, auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(method, url, header_params=headers, body=body,
+                                     _request_timeout=self.timeout)
+        data = response.read()
+        payload = json.loads(data) if data else None
+        if response.status >= 400:
+            message = payload.get("message", "") if isinstance(payload, dict) else str(data)
+            reason = payload.get("reason", "") if isinstance(payload, dict) else ""
+            raise KubeError(response.status, message, reason)
+        return payload
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict | None:
+        try:
+            return self.request("GET", resource_path(api_version, kind, namespace, name))
+        except KubeError as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def list(self, api_version: str, kind: str, namespace: str | None, label_selector: dict[str, str]) -> list[dict]:
+        query = [("labelSelector", ",".join(f"{k}={v}" for k, v in sorted(label_selector.items())))]
+        result = self.request("GET", resource_path(api_version, kind, namespace), query=query)
+        return (result or {}).get("items", [])
+
+    def apply(self, obj: dict, force: bool = True) -> dict:
+        """Server-side apply: fields we set are ours; drift in them is undone."""
+        meta = obj["metadata"]
+        path = resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+        return self.request("PATCH", path, body=obj, content_type="application/apply-patch+yaml",
+                            query=[("fieldManager", FIELD_MANAGER), ("force", str(force).lower())])
+
+    def create(self, obj: dict) -> dict | None:
+        """Create, or return None when the object already exists (never overwrite)."""
+        meta = obj["metadata"]
+        try:
+            return self.request("POST", resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace")),
+                                body=obj, query=[("fieldManager", FIELD_MANAGER)])
+        except KubeError as err:
+            if err.status == 409:
+                return None
+            raise
+
+    def merge_patch(self, api_version: str, kind: str, namespace: str | None, name: str, patch: dict,
+                    subresource: str | None = None) -> dict:
+        path = resource_path(api_version, kind, namespace, name, subresource)
+        return self.request("PATCH", path, body=patch, content_type="application/merge-patch+json")
+
+    def delete(self, api_version: str, kind: str, namespace: str | None, name: str,
+               propagation: str = "Background", grace_seconds: int | None = None) -> bool:
+        body: dict = {"propagationPolicy": propagation}
+        if grace_seconds is not None:
+            body["gracePeriodSeconds"] = grace_seconds
+        try:
+            self.request("DELETE", resource_path(api_version, kind, namespace, name), body=body)
+            return True
+        except KubeError as err:
+            if err.status == 404:
+                return False
+            raise

@@ -1,0 +1,70 @@
+"""Each rejection comes with a message that names the field and says why."""
+
+import pytest
+
+from shopdb_operator.api.validate import (InvalidSpec, applied_record, cron_problem, parse_spec,
+                                          unsafe_change_problems)
+
+
+def problems(raw):
+    with pytest.raises(InvalidSpec) as err:
+        parse_spec(raw)
+    return " | ".join(err.value.problems)
+
+
+def test_default_spec_is_valid():
+    assert parse_spec({}).postgres.database == "shop"
+
+
+def test_duplicate_replica_names():
+    assert "repeated: search" in problems({"replicas": [{"name": "search"}, {"name": "search"}]})
+
+
+def test_failover_needs_a_promotable_replica():
+    text = problems({"replicas": [{"name": "analytics", "promotable": False}]})
+    assert "failover needs at least one replica with promotable: true" in text
+
+
+def test_pools_must_fit_max_connections():
+    text = problems({"postgres": {"parameters": {"max_connections": "100"}}})
+    assert "pools need 260 connections" in text and "max_connections is 100" in text
+
+
+def test_integer_setting_must_be_a_number():
+    assert "max_connections: 'many' is not a whole number" in problems({"postgres": {"parameters": {"max_connections": "many"}}})
+
+
+def test_synchronous_number_bounded_by_promotable_replicas():
+    assert "synchronous.number" in problems({"postgres": {"synchronous": {"enabled": True, "number": 3}}})
+
+
+@pytest.mark.parametrize("schedule, fragment", [
+    ("61 * * * *", "outside 0-59"),
+    ("* * *", "five fields"),
+    ("0 0 1 13 *", "outside 1-12"),
+    ("*/0 * * * *", "bad step"),
+    ("a * * * *", "not a number"),
+])
+def test_bad_cron_schedules(schedule, fragment):
+    assert fragment in cron_problem(schedule)
+    assert fragment in problems({"maintenance": {"materializedViews": [{"name": "v", "schedule": schedule}]}})
+
+
+@pytest.mark.parametrize("schedule", ["0 * * * *", "*/15 2-4 1,15 * 0-6", "@hourly", "0 0 1 * *"])
+def test_good_cron_schedules(schedule):
+    assert cron_problem(schedule) is None
+
+
+def test_field_errors_carry_their_path():
+    assert "spec.replicas[0].poolSize" in problems({"replicas": [{"name": "a", "poolSize": -1}]})
+
+
+def test_unsafe_changes_are_named():
+    before = applied_record(parse_spec({}))
+    shrink = parse_spec({"postgres": {"storage": {"size": "500Gi"}}})
+    assert "storage cannot shrink (1Ti -> 500Gi)" in unsafe_change_problems(before, shrink)[0]
+    upgrade = parse_spec({"postgres": {"version": 16}})
+    assert "major version cannot change in place (15 -> 16)" in unsafe_change_problems(before, upgrade)[0]
+    grow = parse_spec({"postgres": {"storage": {"size": "2Ti"}}})
+    assert unsafe_change_problems(before, grow) == []
+    assert unsafe_change_problems(None, shrink) == []
