@@ -195,7 +195,8 @@ def test_database_accepts_only_bouncer_peers_jobs_and_operator(ctx):
     sources = policy["spec"]["ingress"][0]["from"]
     components = [s["podSelector"]["matchLabels"].get("app.kubernetes.io/component") for s in sources]
     assert components == ["pgbouncer", "postgres", "maintenance", None]
-    assert sources[3] == {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "shopdb-operator"}}}
+    assert sources[3] == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shopdb-system"}},
+                          "podSelector": {"matchLabels": {"app.kubernetes.io/name": "shopdb-operator"}}}
     assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "postgres"
 
 

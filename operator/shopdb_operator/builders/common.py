@@ -42,6 +42,7 @@ class ClusterContext:
     spec: ClusterSpec
     topology: Topology
     operator_image: str
+    operator_namespace: str = "shopdb-system"
 
     def child(self, suffix: str) -> str:
         return f"{self.name}-{suffix}"

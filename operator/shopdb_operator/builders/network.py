@@ -28,8 +28,11 @@ def postgres_network_policy(ctx: ClusterContext) -> dict:
         {"podSelector": {"matchLabels": selector(ctx, component)}}
         for component in (PGBOUNCER, POSTGRES, MAINTENANCE)
     ]
-    # the operator runs in its own namespace
-    sources.append({"namespaceSelector": {}, "podSelector": {"matchLabels": OPERATOR_POD_LABELS}})
+    # the operator, in its own namespace only: a look-alike pod elsewhere is not let in
+    sources.append({
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ctx.operator_namespace}},
+        "podSelector": {"matchLabels": OPERATOR_POD_LABELS},
+    })
     return _policy(ctx, ctx.child("postgres"), POSTGRES, POSTGRES_PORT, sources)
 
 

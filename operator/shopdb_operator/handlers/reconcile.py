@@ -33,6 +33,10 @@ def operator_image() -> str:
     return os.environ.get("SHOPDB_OPERATOR_IMAGE", DEFAULT_OPERATOR_IMAGE)
 
 
+def operator_namespace() -> str:
+    return os.environ.get("SHOPDB_OPERATOR_NAMESPACE", "shopdb-system")
+
+
 @dataclass
 class Outcome:
     """What one reconciliation did, for status and Events (never any secret value)."""
@@ -52,7 +56,7 @@ def cluster_context(name: str, namespace: str, uid: str, spec_raw: dict | None, 
         raise InvalidSpec(problems)
     topology = plan_topology(name, spec, status.get("topology"))
     return ClusterContext(name=name, namespace=namespace, uid=uid, spec=spec, topology=topology,
-                          operator_image=operator_image())
+                          operator_image=operator_image(), operator_namespace=operator_namespace())
 
 
 def ensure_secrets(kube: Kube, ctx: ClusterContext) -> list[str]:
