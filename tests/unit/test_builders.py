@@ -202,3 +202,20 @@ def test_database_accepts_only_bouncer_peers_jobs_and_operator(ctx):
 
 def test_builders_are_deterministic(ctx):
     assert desired_objects(ctx) == desired_objects(make_context())
+
+
+def test_synchronous_standbys_are_promotable_peers_only():
+    ctx = make_context({"postgres": {"synchronous": {"enabled": True, "number": 1}}})
+    sts = {o["metadata"]["name"]: o for o in desired_objects(ctx) if o["kind"] == "ConfigMap"}
+    conf = sts["shop-1-config"]["data"]["postgresql.conf"]
+    assert "shop-2" in conf and "shop-3" in conf
+    assert "shop-analytics" not in conf.split("synchronous_standby_names")[1].splitlines()[0]
+
+
+def test_analytics_readiness_ignores_replay_lag_and_shutdown_is_fast(ctx):
+    analytics = instance_statefulset(ctx, ctx.topology.instance("shop-analytics"))
+    container = analytics["spec"]["template"]["spec"]["containers"][0]
+    assert int(env_of(container)["SHOPDB_READY_MAX_LAG_BYTES"]) > ctx.spec.failover.max_lag_bytes
+    assert container["lifecycle"]["preStop"]["exec"]["command"][:2] == ["bash", "/etc/shopdb/scripts/stop.sh"]
+    search = instance_statefulset(ctx, ctx.topology.instance("shop-2"))
+    assert env_of(search["spec"]["template"]["spec"]["containers"][0])["SHOPDB_READY_MAX_LAG_BYTES"] == str(16 * 1024 * 1024)

@@ -32,6 +32,8 @@ CONFIG_MOUNT = "/etc/shopdb/config"
 SCRIPTS_MOUNT = "/etc/shopdb/scripts"
 INIT_MOUNT = "/etc/shopdb/init"
 ANNOTATION_CONFIG_HASH = "shopdb.io/config-hash"
+ANALYTICS_READY_MAX_LAG_BYTES = 64 * 1024 ** 3
+STOP_TIMEOUT_SECONDS = 50  # inside the pod's 60 s grace period
 
 
 def scripts_config_map_name(ctx: ClusterContext) -> str:
@@ -80,10 +82,22 @@ def instance_config_map(ctx: ClusterContext, instance: Instance) -> dict:
                              **{LABEL_INSTANCE: instance.name}),
         "data": {
             "postgresql.conf": config_files.postgresql_conf(
-                ctx.spec, instance_resources(ctx, instance), instance.analytics),
+                ctx.spec, instance_resources(ctx, instance), instance.analytics,
+                synchronous_standby_names=synchronous_standbys(ctx, instance)),
             "pg_hba.conf": config_files.pg_hba_conf(ctx.spec),
         },
     }
+
+
+def synchronous_standbys(ctx: ClusterContext, instance: Instance) -> list[str]:
+    """Who may acknowledge a synchronous commit: promotable peers only, never analytics,
+    so that whoever acknowledged can be promoted without losing that commit."""
+    return [i.name for i in ctx.topology.instances if i.promotable and i.name != instance.name]
+
+
+def readiness_lag_bound(ctx: ClusterContext, instance: Instance) -> int:
+    """The analytics replica may pause replay for long queries; only streaming matters there."""
+    return ANALYTICS_READY_MAX_LAG_BYTES if instance.analytics else ctx.spec.failover.max_lag_bytes
 
 
 def _env(ctx: ClusterContext, instance: Instance) -> list[dict]:
@@ -102,7 +116,7 @@ def _env(ctx: ClusterContext, instance: Instance) -> list[dict]:
         "SHOPDB_DATABASE": ctx.spec.postgres.database,
         "SHOPDB_OWNER": ctx.spec.postgres.owner,
         "SHOPDB_REPLICATION_USER": REPLICATION_USER,
-        "SHOPDB_READY_MAX_LAG_BYTES": str(ctx.spec.failover.max_lag_bytes),
+        "SHOPDB_READY_MAX_LAG_BYTES": str(readiness_lag_bound(ctx, instance)),
         "SHOPDB_ANALYTICS": str(instance.analytics).lower(),
     }
     env = [{"name": k, "value": v} for k, v in plain.items()]
@@ -174,6 +188,9 @@ def instance_statefulset(ctx: ClusterContext, instance: Instance) -> dict:
                                    _startup_failure_threshold(storage.size)),
         "readinessProbe": exec_probe(["bash", f"{SCRIPTS_MOUNT}/probe.sh", "ready"], 5, 5, 3),
         "livenessProbe": exec_probe(["bash", f"{SCRIPTS_MOUNT}/probe.sh", "live"], 10, 5, 6),
+        # SIGTERM would be a smart shutdown, waiting on PgBouncer's connections until killed
+        "lifecycle": {"preStop": {"exec": {"command": ["bash", f"{SCRIPTS_MOUNT}/stop.sh",
+                                                         str(STOP_TIMEOUT_SECONDS)]}}},
     }
     claim = {
         "metadata": {"name": "data", "labels": selector(ctx, POSTGRES, **{LABEL_INSTANCE: instance.name})},

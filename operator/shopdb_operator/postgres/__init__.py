@@ -1,0 +1,151 @@
+"""The only code that talks to PostgreSQL (psycopg 3): connections, health, LSNs, promotion.
+
+Every call is bounded: connections time out quickly and every statement runs under a
+statement_timeout, so a hung server costs the caller seconds, never a stuck handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+CONNECT_TIMEOUT_SECONDS = 5
+STATEMENT_TIMEOUT_MS = 10_000
+
+
+def connect(
+    conninfo: str = "",
+    *,
+    connect_timeout: int = CONNECT_TIMEOUT_SECONDS,
+    statement_timeout_ms: int = STATEMENT_TIMEOUT_MS,
+    application_name: str = "shopdb-operator",
+    autocommit: bool = True,
+    **kwargs: Any,
+) -> psycopg.Connection:
+    """Connect with tight timeouts. Unset parameters come from the libpq env (PGHOST, ...).
+
+    `statement_timeout_ms=0` disables the statement timeout (for maintenance commands that
+    set their own per statement).
+    """
+    if statement_timeout_ms:
+        # A startup option: PgBouncer refuses it, so connect to instances, not to PgBouncer.
+        kwargs.setdefault("options", f"-c statement_timeout={int(statement_timeout_ms)}")
+    return psycopg.connect(
+        conninfo,
+        connect_timeout=connect_timeout,
+        application_name=application_name,
+        autocommit=autocommit,
+        **kwargs,
+    )
+
+
+def _scalar(conn: psycopg.Connection, query: str, params: tuple = ()) -> Any:
+    row = conn.execute(query, params).fetchone()
+    return row[0] if row else None
+
+
+def is_in_recovery(conn: psycopg.Connection) -> bool:
+    """True on a standby (replica), False on a writable primary."""
+    return bool(_scalar(conn, "SELECT pg_is_in_recovery()"))
+
+
+def current_lsn(conn: psycopg.Connection) -> str:
+    """The primary's current WAL write position."""
+    return _scalar(conn, "SELECT pg_current_wal_lsn()::text")
+
+
+def received_lsn(conn: psycopg.Connection) -> str | None:
+    """Last WAL position a standby received and flushed (None when it never streamed)."""
+    return _scalar(conn, "SELECT pg_last_wal_receive_lsn()::text")
+
+
+def replayed_lsn(conn: psycopg.Connection) -> str | None:
+    """Last WAL position a standby replayed (visible to its readers)."""
+    return _scalar(conn, "SELECT pg_last_wal_replay_lsn()::text")
+
+
+def lsn_to_int(lsn: str) -> int:
+    """'16/B374D848' -> a number, so LSNs compare and subtract in Python."""
+    high, low = lsn.split("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+@dataclass(frozen=True)
+class WalReceiver:
+    status: str  # 'streaming', 'catchup', 'startup', ...
+    sender_host: str | None
+    sender_port: int | None
+    slot_name: str | None
+    latest_end_lsn: str | None
+
+
+def wal_receiver(conn: psycopg.Connection) -> WalReceiver | None:
+    """The standby's WAL receiver, or None when it is not running."""
+    row = conn.execute(
+        "SELECT status, sender_host, sender_port, slot_name, latest_end_lsn::text FROM pg_stat_wal_receiver"
+    ).fetchone()
+    return WalReceiver(*row) if row else None
+
+
+def is_streaming(conn: psycopg.Connection) -> bool:
+    receiver = wal_receiver(conn)
+    return receiver is not None and receiver.status == "streaming"
+
+
+def promote(conn: psycopg.Connection, wait_seconds: int = 60) -> bool:
+    """Promote a standby and wait until it accepts writes. Needs superuser.
+
+    Returns False when promotion did not finish within `wait_seconds`. The caller should
+    then CHECKPOINT (see checkpoint()) before any former primary runs pg_rewind against it.
+    """
+    with conn.cursor() as cur:
+        cur.execute(f"SET statement_timeout = {int(wait_seconds + 5) * 1000}")
+        cur.execute("SELECT pg_promote(true, %s)", (int(wait_seconds),))
+        row = cur.fetchone()
+    return bool(row and row[0])
+
+
+def checkpoint(conn: psycopg.Connection) -> None:
+    """Force a checkpoint: after a promotion, it records the new timeline in pg_control."""
+    conn.execute("CHECKPOINT")
+
+
+def replication_slots(conn: psycopg.Connection) -> dict[str, bool]:
+    """Physical slot name -> whether a walsender uses it now."""
+    rows = conn.execute(
+        "SELECT slot_name, active FROM pg_replication_slots WHERE slot_type = 'physical'"
+    ).fetchall()
+    return {name: bool(active) for name, active in rows}
+
+
+def ensure_physical_slots(conn: psycopg.Connection, names: Iterable[str]) -> list[str]:
+    """Create the missing physical slots (reserving WAL now); returns those created.
+
+    Call it on a primary right after promoting it: slots are not replicated, and the other
+    replicas stream with primary_slot_name set, so they wait until their slot exists.
+    """
+    existing = replication_slots(conn)
+    created = []
+    for name in names:
+        if name not in existing:
+            conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (name,))
+            created.append(name)
+    return created
+
+
+def drop_physical_slot(conn: psycopg.Connection, name: str) -> bool:
+    """Drop an inactive slot (e.g. of a removed instance); False when absent or in use."""
+    return bool(_scalar(
+        conn,
+        "SELECT count(pg_drop_replication_slot(slot_name)) > 0 FROM pg_replication_slots "
+        "WHERE slot_name = %s AND NOT active",
+        (name,),
+    ))
+
+
+def reload_configuration(conn: psycopg.Connection) -> None:
+    """Re-read postgresql.conf and pg_hba.conf (after the ConfigMap changed)."""
+    conn.execute("SELECT pg_reload_conf()")

@@ -1,0 +1,71 @@
+# Sourced by instance.sh, probe.sh and stop.sh: environment defaults and the helpers they share.
+# Every path can be overridden by env so that the tests run the same scripts on loopback.
+
+export PGDATA="${PGDATA:-/var/lib/postgresql/data/pgdata}"
+SHOPDB_CONFIG_DIR="${SHOPDB_CONFIG_DIR:-/etc/shopdb/config}"
+SHOPDB_RUN_DIR="${SHOPDB_RUN_DIR:-/var/run/postgresql}"
+SHOPDB_INIT_SQL="${SHOPDB_INIT_SQL:-/etc/shopdb/init/init.sql}"
+SHOPDB_PORT="${SHOPDB_PORT:-5432}"
+SHOPDB_LISTEN="${SHOPDB_LISTEN:-*}"
+SHOPDB_PRIMARY_PORT="${SHOPDB_PRIMARY_PORT:-5432}"
+SHOPDB_REPLICATION_USER="${SHOPDB_REPLICATION_USER:-streaming_replica}"
+SHOPDB_PRIMARY_WAIT_SECONDS="${SHOPDB_PRIMARY_WAIT_SECONDS:-120}"
+# The passfile lets libpq (walreceiver, pg_basebackup, pg_rewind) authenticate without
+# putting passwords on command lines or in postgresql.auto.conf.
+export PGPASSFILE="$SHOPDB_RUN_DIR/pgpass"
+export PGCONNECT_TIMEOUT="${PGCONNECT_TIMEOUT:-5}"
+
+log() {
+    printf '%s shopdb[%s]: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${SHOPDB_INSTANCE:-?}" "$*" >&2
+}
+
+die() {
+    log "FATAL: $*"
+    exit 1
+}
+
+require_env() {
+    local name
+    for name in "$@"; do
+        [[ -n "${!name:-}" ]] || die "environment variable $name is required"
+    done
+}
+
+# A SQL string literal (standard_conforming_strings is on: only quotes need doubling).
+sql_literal() {
+    local quote="'"
+    printf "'%s'" "${1//$quote/$quote$quote}"
+}
+
+# One pgpass field: backslash and colon are escaped.
+pgpass_field() {
+    local value="${1//\\/\\\\}"
+    printf '%s' "${value//:/\\:}"
+}
+
+# libpq connection string to the recorded primary as `user`.
+primary_conninfo() {
+    printf 'host=%s port=%s user=%s dbname=%s connect_timeout=%s application_name=%s' \
+        "$SHOPDB_PRIMARY_HOST" "$SHOPDB_PRIMARY_PORT" "$1" "${2:-postgres}" \
+        "$PGCONNECT_TIMEOUT" "${SHOPDB_INSTANCE:-shopdb}"
+}
+
+# psql with the options every script wants: no psqlrc, unaligned tuples, stop on error.
+run_psql() {
+    psql -X -q -A -t -v ON_ERROR_STOP=1 "$@"
+}
+
+# This instance's own server, through its Unix socket, as the postgres OS user (peer auth).
+local_psql() {
+    run_psql -h "$SHOPDB_RUN_DIR" -p "$SHOPDB_PORT" -U postgres -d postgres "$@"
+}
+
+# The recorded primary, as superuser (needs the passfile).
+primary_psql() {
+    run_psql "$(primary_conninfo postgres)" "$@"
+}
+
+# The recorded primary over the replication protocol, as the replication user.
+primary_replication_psql() {
+    run_psql "$(primary_conninfo "$SHOPDB_REPLICATION_USER" replication) replication=true" "$@"
+}

@@ -1,0 +1,292 @@
+#!/bin/bash
+# Entry point of the database container: decide this instance's role from the primary the
+# operator recorded (SHOPDB_ROLE), bootstrap or rejoin accordingly, then exec postgres.
+#
+# Never writable unless recorded primary: every other start keeps (or creates) standby.signal,
+# and a former primary is rewound (or re-cloned) before it starts.
+#
+# PID 1 becomes postgres. SIGTERM is a smart shutdown, which waits for PgBouncer's server
+# connections forever; stop.sh (preStop hook) or a SIGINT stop signal makes it a fast one.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+CONFIG_FILE="$SHOPDB_CONFIG_DIR/postgresql.conf"
+HBA_FILE="$SHOPDB_CONFIG_DIR/pg_hba.conf"
+BOOTSTRAP_SOCKET_DIR="$SHOPDB_RUN_DIR/bootstrap"
+SLOT_NAME_PATTERN='^[a-z0-9_]{1,63}$'
+
+has_data() {
+    [[ -f "$1/PG_VERSION" ]]
+}
+
+# A staged bootstrap is moved into place with mv, which needs PGDATA absent; anything else
+# there is not ours to delete.
+require_empty_pgdata() {
+    [[ -e "$PGDATA" ]] || return 0
+    rmdir "$PGDATA" 2>/dev/null || die "$PGDATA exists but holds no database (no PG_VERSION); refusing to overwrite it"
+}
+
+prepare_run_dir() {
+    mkdir -p "$SHOPDB_RUN_DIR"
+    local tmp="$PGPASSFILE.tmp"
+    (
+        umask 077
+        printf '*:*:*:%s:%s\n' "$(pgpass_field postgres)" "$(pgpass_field "$SHOPDB_SUPERUSER_PASSWORD")"
+        printf '*:*:*:%s:%s\n' "$(pgpass_field "$SHOPDB_REPLICATION_USER")" "$(pgpass_field "$SHOPDB_REPLICATION_PASSWORD")"
+    ) > "$tmp"
+    chmod 0600 "$tmp"
+    mv -f "$tmp" "$PGPASSFILE"
+}
+
+# --- a private server: no TCP, trust on a private socket, no synchronous waits ----------
+
+start_private_server() {
+    local datadir="$1"
+    rm -rf "$BOOTSTRAP_SOCKET_DIR"
+    mkdir -m 0700 "$BOOTSTRAP_SOCKET_DIR"
+    printf 'local all all trust\n' > "$BOOTSTRAP_SOCKET_DIR/pg_hba.conf"
+    trap 'stop_private_server "'"$datadir"'"' EXIT
+    log "starting a private server on $datadir (crash recovery may take a while)"
+    # synchronous_standby_names is cleared: no standby can connect, commits would hang.
+    pg_ctl -D "$datadir" -w -t 86400 -s start -o "-c config_file=$CONFIG_FILE \
+        -c hba_file=$BOOTSTRAP_SOCKET_DIR/pg_hba.conf -c listen_addresses='' \
+        -c unix_socket_directories=$BOOTSTRAP_SOCKET_DIR -c port=$SHOPDB_PORT \
+        -c synchronous_standby_names='' -c archive_mode=off"
+}
+
+stop_private_server() {
+    trap - EXIT
+    pg_ctl -D "$1" -w -t 600 -s -m fast stop || true
+    rm -rf "$BOOTSTRAP_SOCKET_DIR"
+}
+
+private_psql() {
+    run_psql -h "$BOOTSTRAP_SOCKET_DIR" -p "$SHOPDB_PORT" "$@"
+}
+
+# Roles, passwords (re-applied on every start, so rotated Secrets take effect), the
+# application database and one physical slot per peer instance.
+configure_primary() {
+    local slots="" slot peer_slots
+    IFS=',' read -r -a peer_slots <<< "${SHOPDB_PEER_SLOTS:-}"
+    for slot in "${peer_slots[@]}"; do
+        [[ -z "$slot" ]] && continue
+        [[ "$slot" =~ $SLOT_NAME_PATTERN ]] || die "invalid slot name '$slot' in SHOPDB_PEER_SLOTS"
+        slots+="${slots:+,}$(sql_literal "$slot")"
+    done
+    local owner replication database
+    owner=$(sql_literal "$SHOPDB_OWNER")
+    replication=$(sql_literal "$SHOPDB_REPLICATION_USER")
+    database=$(sql_literal "$SHOPDB_DATABASE")
+    # Statements carry passwords: keep them out of the server log whatever the settings.
+    private_psql -U postgres -d postgres <<SQL
+SET log_statement = 'none';
+SET log_min_duration_statement = -1;
+SET log_min_error_statement = 'panic';
+ALTER ROLE postgres WITH PASSWORD $(sql_literal "$SHOPDB_SUPERUSER_PASSWORD");
+SELECT format('CREATE ROLE %I', $replication) WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = $replication)
+\\gexec
+SELECT format('ALTER ROLE %I WITH LOGIN REPLICATION NOSUPERUSER PASSWORD %L', $replication, $(sql_literal "$SHOPDB_REPLICATION_PASSWORD"))
+\\gexec
+SELECT format('CREATE ROLE %I', $owner) WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = $owner)
+\\gexec
+SELECT format('ALTER ROLE %I WITH LOGIN NOSUPERUSER NOREPLICATION PASSWORD %L', $owner, $(sql_literal "$SHOPDB_OWNER_PASSWORD"))
+\\gexec
+SELECT format('CREATE DATABASE %I OWNER %I', $database, $owner) WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = $database)
+\\gexec
+SELECT format('REVOKE ALL ON DATABASE %I FROM PUBLIC', $database)
+\\gexec
+SELECT pg_create_physical_replication_slot(slot, true)
+  FROM unnest(ARRAY[${slots}]::text[]) AS slot
+ WHERE slot NOT IN (SELECT slot_name FROM pg_replication_slots);
+SQL
+    log "roles, database '$SHOPDB_DATABASE' and slots [${SHOPDB_PEER_SLOTS:-}] are in place"
+}
+
+run_init_sql() {
+    [[ -f "$SHOPDB_INIT_SQL" ]] || return 0
+    log "running $SHOPDB_INIT_SQL as $SHOPDB_OWNER in $SHOPDB_DATABASE"
+    private_psql -U "$SHOPDB_OWNER" -d "$SHOPDB_DATABASE" -f "$SHOPDB_INIT_SQL" > /dev/null
+}
+
+# Until a staged data directory is complete it lives next to PGDATA, so that an
+# interrupted bootstrap starts over instead of leaving half a cluster behind.
+bootstrap_primary() {
+    local staging="$PGDATA.initdb" pwfile="$SHOPDB_RUN_DIR/initdb.pw"
+    require_empty_pgdata
+    rm -rf "$staging"
+    log "initializing a new cluster (checksums, SCRAM)"
+    (umask 077; printf '%s\n' "$SHOPDB_SUPERUSER_PASSWORD" > "$pwfile")
+    initdb -D "$staging" --username=postgres --pwfile="$pwfile" --data-checksums \
+        --auth-local=peer --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 > /dev/null
+    rm -f "$pwfile"
+    start_private_server "$staging"
+    configure_primary
+    run_init_sql
+    stop_private_server "$staging"
+    mv "$staging" "$PGDATA"
+    log "new cluster ready"
+}
+
+# Existing data on the recorded primary. A standby here means the operator chose this
+# instance as primary: promote it, which starts a new timeline that pg_rewind can follow.
+start_as_primary() {
+    start_private_server "$PGDATA"
+    if [[ "$(private_psql -U postgres -d postgres -c 'SELECT pg_is_in_recovery()')" == t ]]; then
+        log "this instance is the recorded primary but holds a standby: promoting it"
+        [[ "$(private_psql -U postgres -d postgres -c 'SELECT pg_promote(true, 600)')" == t ]] \
+            || die "promotion did not finish"
+        rm -f "$PGDATA/standby.signal"
+    fi
+    configure_primary
+    stop_private_server "$PGDATA"
+}
+
+wait_for_primary() {
+    local deadline=$((SECONDS + SHOPDB_PRIMARY_WAIT_SECONDS)) state
+    while true; do
+        state=$(primary_psql -c 'SELECT pg_is_in_recovery()' 2>/dev/null || true)
+        [[ "$state" == f ]] && return 0
+        ((SECONDS < deadline)) || return 1
+        sleep 2
+    done
+}
+
+# The primary keeps WAL for this instance from now on; creating the slot ourselves also
+# heals a primary that was promoted without it. Only the replication privilege is needed.
+ensure_own_slot() {
+    local output
+    if output=$(primary_replication_psql -c "CREATE_REPLICATION_SLOT $SHOPDB_SLOT PHYSICAL RESERVE_WAL" 2>&1); then
+        log "created slot $SHOPDB_SLOT on the primary"
+    elif [[ "$output" == *"already exists"* ]]; then
+        return 0
+    else
+        log "could not create slot $SHOPDB_SLOT on the primary: $output"
+        return 1
+    fi
+}
+
+clone_from_primary() {
+    local staging="$PGDATA.clone"
+    wait_for_primary || die "no data yet and the primary $SHOPDB_PRIMARY_HOST:$SHOPDB_PRIMARY_PORT is not reachable as a writable primary after ${SHOPDB_PRIMARY_WAIT_SECONDS}s; exiting so that the container restarts"
+    ensure_own_slot || die "cannot reserve slot $SHOPDB_SLOT on the primary"
+    require_empty_pgdata
+    rm -rf "$staging"
+    log "cloning from $SHOPDB_PRIMARY_HOST:$SHOPDB_PRIMARY_PORT with slot $SHOPDB_SLOT"
+    pg_basebackup -D "$staging" -d "$(primary_conninfo "$SHOPDB_REPLICATION_USER" replication)" -w \
+        --wal-method=stream --slot="$SHOPDB_SLOT" --checkpoint=fast
+    touch "$staging/standby.signal"
+    mv "$staging" "$PGDATA"
+    log "clone complete"
+}
+
+control_field() {
+    LC_ALL=C pg_controldata -D "$PGDATA" | sed -n "s/^$1: *//p"
+}
+
+# The primary's system identifier and current timeline (replication protocol: no superuser).
+primary_identity() {
+    primary_replication_psql -F ' ' -c 'IDENTIFY_SYSTEM' | awk '{print $1, $2}'
+}
+
+# Data from another cluster is never rewound, re-cloned or otherwise overwritten.
+require_same_system() {
+    local system="$1"
+    [[ "$system" == "$(control_field 'Database system identifier')" ]] || die "the data in $PGDATA belongs to another cluster than the primary at $SHOPDB_PRIMARY_HOST:$SHOPDB_PRIMARY_PORT (system identifiers differ); refusing to touch it"
+}
+
+# pg_rewind winds this instance back to where its history forked from the primary's; when
+# that is impossible the data is discarded and cloned again (the failover already accepted
+# that loss, and the volume has no room for both copies).
+rewind_or_reclone() {
+    # A just-promoted primary writes its new timeline to pg_control only at a checkpoint;
+    # without it pg_rewind sees no fork and would wrongly answer "no rewind required".
+    primary_psql -c 'CHECKPOINT' > /dev/null
+    if pg_rewind --target-pgdata="$PGDATA" --source-server="$(primary_conninfo postgres)"; then
+        log "pg_rewind finished"
+        rm -rf "$PGDATA"/pg_replslot/*
+        touch "$PGDATA/standby.signal"
+    else
+        log "pg_rewind failed; discarding the diverged data and cloning from the primary"
+        rm -rf "$PGDATA"
+        clone_from_primary
+    fi
+}
+
+# A former primary (no standby.signal) may hold WAL the new primary never received.
+rejoin_as_replica() {
+    log "data written as a primary, but $SHOPDB_PRIMARY_HOST:$SHOPDB_PRIMARY_PORT is the recorded primary: rejoining as a replica"
+    wait_for_primary || die "the recorded primary $SHOPDB_PRIMARY_HOST:$SHOPDB_PRIMARY_PORT is not reachable as a writable primary after ${SHOPDB_PRIMARY_WAIT_SECONDS}s; refusing to start a former primary without rewinding it"
+    local identity system timeline
+    identity=$(primary_identity) || die "cannot identify the primary's system over the replication protocol"
+    read -r system timeline <<< "$identity"
+    require_same_system "$system"
+    ensure_own_slot || die "cannot reserve slot $SHOPDB_SLOT on the primary"
+    rewind_or_reclone
+}
+
+# A replica may have received WAL past the point where a newer timeline forked (it was
+# ahead of the replica that got promoted): it could never follow that timeline. When the
+# primary's timeline is newer than ours, rewind; pg_rewind answers quickly when there is
+# nothing to undo. Only after a clean shutdown: pg_rewind cannot recover a crashed standby.
+start_replica_from_existing_data() {
+    local identity system timeline local_timeline recovery_timeline
+    if ! identity=$(primary_identity 2>/dev/null); then
+        log "the primary is not reachable now; starting from local data (it streams once the primary is back)"
+        return 0
+    fi
+    read -r system timeline <<< "$identity"
+    require_same_system "$system"
+    ensure_own_slot || true
+    local_timeline=$(control_field "Latest checkpoint's TimeLineID")
+    recovery_timeline=$(control_field "Min recovery ending loc's timeline")
+    ((recovery_timeline > local_timeline)) && local_timeline=$recovery_timeline
+    if ((timeline > local_timeline)); then
+        if [[ "$(control_field 'Database cluster state')" == "shut down in recovery" ]]; then
+            log "the primary is on timeline $timeline, this replica on $local_timeline: rewinding in case it went past the fork"
+            rewind_or_reclone
+        else
+            log "the primary is on timeline $timeline, this replica on $local_timeline, but it was not shut down cleanly: starting without rewinding"
+        fi
+    fi
+}
+
+main() {
+    require_env SHOPDB_INSTANCE SHOPDB_SLOT SHOPDB_PRIMARY_HOST SHOPDB_SUPERUSER_PASSWORD \
+        SHOPDB_REPLICATION_PASSWORD SHOPDB_DATABASE SHOPDB_OWNER SHOPDB_OWNER_PASSWORD
+    [[ "$SHOPDB_SLOT" =~ $SLOT_NAME_PATTERN ]] || die "invalid SHOPDB_SLOT '$SHOPDB_SLOT'"
+    [[ -f "$CONFIG_FILE" && -f "$HBA_FILE" ]] || die "missing $CONFIG_FILE or $HBA_FILE"
+    prepare_run_dir
+    rm -rf "$PGDATA.initdb" "$PGDATA.clone"
+
+    # A volume's fsGroup handling may have opened the directory to the group; postgres
+    # refuses to start unless it is 0700 (or 0750).
+    if has_data "$PGDATA"; then chmod 0700 "$PGDATA"; fi
+
+    local role="${SHOPDB_ROLE:-}"
+    if [[ "$role" == primary ]]; then
+        if has_data "$PGDATA"; then start_as_primary; else bootstrap_primary; fi
+    else
+        [[ "$role" == replica ]] || log "recorded role '${role}' is neither primary nor replica: starting read-only"
+        if ! has_data "$PGDATA"; then
+            clone_from_primary
+        elif [[ ! -f "$PGDATA/standby.signal" ]]; then
+            rejoin_as_replica
+        else
+            start_replica_from_existing_data
+        fi
+    fi
+
+    log "starting postgres as ${role:-replica} on port $SHOPDB_PORT"
+    exec postgres -D "$PGDATA" \
+        -c config_file="$CONFIG_FILE" \
+        -c hba_file="$HBA_FILE" \
+        -c listen_addresses="$SHOPDB_LISTEN" \
+        -c port="$SHOPDB_PORT" \
+        -c unix_socket_directories="$SHOPDB_RUN_DIR" \
+        -c primary_conninfo="$(primary_conninfo "$SHOPDB_REPLICATION_USER" replication)" \
+        -c primary_slot_name="$SHOPDB_SLOT" \
+        -c recovery_target_timeline=latest
+}
+
+main "$@"
