@@ -96,6 +96,7 @@ def keep_in_sync(name, namespace, uid, spec, status, body, patch, meta, logger, 
     patch.status["instances"] = observed["instances"]
     patch.status["readyInstances"] = observed["readyInstances"]
     patch.status["phase"] = observed["phase"]
+    patch.status["maxLagBytes"] = observed["maxLagBytes"]
     conditions = status.get("conditions")
     ready_message = f"{observed['readyInstances']} instances ready"
     conditions = set_condition(conditions, READY, observed["allReady"],

@@ -6,6 +6,7 @@ it to kopf's create/update/resume handlers and timer.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import secrets
@@ -14,7 +15,9 @@ from dataclasses import dataclass, field
 from ..api.validate import InvalidSpec, applied_record, parse_spec, unsafe_change_problems
 from ..builders import ClusterContext, desired_objects
 from ..builders.common import LABEL_CLUSTER, LABEL_INSTANCE, LABEL_ROLE, POSTGRES
-from ..builders.secrets import CREDENTIALS, credential_secret
+from ..builders.common import POSTGRES_PORT
+from ..builders.secrets import CREDENTIALS, SUPERUSER, SUPERUSER_CREDENTIAL, credential_secret
+from .. import postgres
 from ..kube.client import Kube, KubeError
 from ..status import summarize_instances
 from ..topology import plan_topology
@@ -139,10 +142,38 @@ def reconcile(kube: Kube, name: str, namespace: str, uid: str, spec_raw: dict | 
     return outcome
 
 
+def _database_pods(kube: Kube, ctx: ClusterContext) -> dict[str, dict]:
+    selector = {LABEL_CLUSTER: ctx.name, "app.kubernetes.io/component": POSTGRES}
+    return {p["metadata"]["labels"].get(LABEL_INSTANCE): p for p in kube.list("v1", "Pod", ctx.namespace, selector)}
+
+
+def superuser_password(kube: Kube, ctx: ClusterContext) -> str | None:
+    secret = kube.get("v1", "Secret", ctx.namespace, SUPERUSER_CREDENTIAL.secret_name(ctx))
+    if not secret or "password" not in (secret.get("data") or {}):
+        return None
+    return base64.b64decode(secret["data"]["password"]).decode()
+
+
+def observe_lag(kube: Kube, ctx: ClusterContext, pods: dict[str, dict]) -> dict[str, int | None]:
+    """Replay lag of each replica as the primary reports it; empty when the primary is
+    unreachable (the operator outside the cluster, or the primary down)."""
+    ip = (pods.get(ctx.topology.primary) or {}).get("status", {}).get("podIP")
+    password = superuser_password(kube, ctx) if ip else None
+    if not ip or not password:
+        return {}
+    try:
+        with postgres.connect(host=ip, port=POSTGRES_PORT, user=SUPERUSER, password=password,
+                              dbname="postgres", connect_timeout=3, statement_timeout_ms=3000) as conn:
+            return postgres.replication_lag(conn)
+    except postgres.Error as err:
+        log.info("replication lag of %s/%s not observed: %s", ctx.namespace, ctx.name, type(err).__name__)
+        return {}
+
+
 def observe_instances(kube: Kube, ctx: ClusterContext) -> list[dict]:
-    """Each instance as its pod shows it: role label and readiness."""
-    pods = {p["metadata"]["labels"].get(LABEL_INSTANCE): p
-            for p in kube.list("v1", "Pod", ctx.namespace, {LABEL_CLUSTER: ctx.name, "app.kubernetes.io/component": POSTGRES})}
+    """Each instance as its pod shows it (role label, readiness) and its replication lag."""
+    pods = _database_pods(kube, ctx)
+    lag = observe_lag(kube, ctx, pods)
     observed = []
     for instance in ctx.topology.instances:
         pod = pods.get(instance.name)
@@ -157,10 +188,14 @@ def observe_instances(kube: Kube, ctx: ClusterContext) -> list[dict]:
             "promotable": instance.promotable,
             "routes": ctx.topology.routes_of(instance.name),
         })
+        if instance.name in lag and lag[instance.name] is not None:
+            observed[-1]["lagBytes"] = lag[instance.name]
     return observed
 
 
 def observed_status(kube: Kube, ctx: ClusterContext) -> dict:
     instances = observe_instances(kube, ctx)
     ready, phase, all_ready = summarize_instances(instances)
-    return {"instances": instances, "readyInstances": ready, "phase": phase, "allReady": all_ready}
+    lags = [i["lagBytes"] for i in instances if "lagBytes" in i]
+    return {"instances": instances, "readyInstances": ready, "phase": phase, "allReady": all_ready,
+            "maxLagBytes": max(lags) if lags else None}

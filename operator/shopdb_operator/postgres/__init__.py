@@ -12,6 +12,8 @@ from typing import Any
 
 import psycopg
 
+Error = psycopg.Error  # what callers catch, without importing psycopg themselves
+
 CONNECT_TIMEOUT_SECONDS = 5
 STATEMENT_TIMEOUT_MS = 10_000
 
@@ -149,3 +151,13 @@ def drop_physical_slot(conn: psycopg.Connection, name: str) -> bool:
 def reload_configuration(conn: psycopg.Connection) -> None:
     """Re-read postgresql.conf and pg_hba.conf (after the ConfigMap changed)."""
     conn.execute("SELECT pg_reload_conf()")
+
+
+def replication_lag(conn: psycopg.Connection) -> dict[str, int | None]:
+    """On a primary: each connected standby (by application_name) -> bytes its replay is
+    behind the primary's current WAL position (None before it replayed anything)."""
+    rows = conn.execute(
+        "SELECT application_name, pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint "
+        "FROM pg_stat_replication"
+    ).fetchall()
+    return {name: (int(lag) if lag is not None else None) for name, lag in rows}
