@@ -23,9 +23,10 @@ COPY --from=build /venv /venv
 ENV PATH=/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    HOME=/tmp
+    HOME=/tmp \
+    USER=shopdb-operator
 # Unprivileged and numeric, so runAsNonRoot can verify it without /etc/passwd (HOME is the
-# writable /tmp, since the root filesystem is read-only in the pod).
+# writable /tmp, since the root filesystem is read-only in the pod; USER answers getpass).
 USER 65532:65532
 WORKDIR /tmp
 ENTRYPOINT ["shopdb-operator"]

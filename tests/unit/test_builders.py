@@ -1,6 +1,6 @@
 """Builders: the fields that matter in every child object."""
 
-from conftest import make_context
+from contexts import make_context
 
 from shopdb_operator.builders import desired_objects
 from shopdb_operator.builders.cronjobs import bounded_name, maintenance_cronjobs

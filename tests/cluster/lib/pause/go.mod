@@ -1,0 +1,3 @@
+module shopdb.local/pause
+
+go 1.23

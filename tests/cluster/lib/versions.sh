@@ -1,0 +1,25 @@
+# shellcheck shell=bash disable=SC2034
+# Pinned versions for the local cluster (sourced by localkube and lib/*.sh).
+# k8s: latest v1.32 patch for which the Go module proxy has k8s.io/kubernetes AND every
+# staging module at the matching v0.32.x (v1.32.10-13 each lack one, e.g.
+# k8s.io/endpointslice@v0.32.13). Toolchain = that release's own .go-version.
+K8S_VERSION=${K8S_VERSION:-v1.32.9}
+K8S_GO_TOOLCHAIN=${K8S_GO_TOOLCHAIN:-go1.23.12}
+COREDNS_VERSION=v1.11.3          # the CoreDNS that Kubernetes 1.32 ships with
+HELM_VERSION=v3.17.4             # built against k8s.io/* v0.32
+# Debian bookworm package versions used inside the images
+POSTGRES_DEB=15.20-0+deb12u1
+PGBOUNCER_DEB=1.18.0-1+deb12u1
+REDIS_DEB=5:7.0.15-1~deb12u10
+PYTHON_DEB=3.11.2-1+b1
+
+LK_CACHE=${LK_CACHE:-/var/cache/shopdb-localkube}
+K8S_BIN=$LK_CACHE/k8s-$K8S_VERSION/bin
+TOOLS_BIN=$LK_CACHE/tools-coredns-$COREDNS_VERSION-helm-$HELM_VERSION/bin
+
+PAUSE_IMAGE=localhost/shopdb/pause:3.10
+COREDNS_IMAGE=localhost/shopdb/coredns:${COREDNS_VERSION#v}
+POSTGRES_IMAGE=localhost/shopdb/postgres:15
+PGBOUNCER_IMAGE=localhost/shopdb/pgbouncer:1
+REDIS_IMAGE=localhost/shopdb/redis:7
+OPERATOR_IMAGE=localhost/shopdb/operator:dev
