@@ -1,0 +1,103 @@
+"""Helpers for e2e tests: waiting, installing the operator, talking to pods."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+LOCAL_KUBECONFIG = "/var/lib/shopdb-localkube/admin.kubeconfig"
+OPERATOR_NAMESPACE = "shopdb-system"
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 2) -> T:
+    """Poll `check` until it returns something truthy; fail with `what` and the last value."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            last = check()
+            if last:
+                return last  # type: ignore[return-value]
+        except AssertionError as err:  # a kubectl call that failed: keep waiting
+            last = err
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last}")
+        time.sleep(interval)
+
+
+def is_local_cluster(kubectl) -> bool:
+    return kubectl.kubeconfig == LOCAL_KUBECONFIG
+
+
+def build_operator_image(kubectl) -> None:
+    """On the local cluster, the operator image is built from this checkout."""
+    if not is_local_cluster(kubectl):
+        return  # kind or another cluster: the image was loaded by the caller
+    localkube = REPO / "tests" / "cluster" / "localkube"
+    proc = subprocess.run([str(localkube), "image", "operator", str(REPO)], capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, f"building the operator image failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+
+
+def helm_binary() -> str:
+    candidates = [os.environ.get("HELM", ""), os.environ.get("SHOPDB_HELM", ""), shutil.which("helm") or "",
+                  "/var/cache/shopdb-localkube/tools/bin/helm", "/var/cache/shopdb-tools/bin/helm"]
+    for path in candidates:
+        if path and os.access(path, os.X_OK):
+            return path
+    raise AssertionError("helm not found: set HELM, or run tests/cluster/localkube build")
+
+
+def secret_value(kubectl, namespace: str, name: str, key: str = "password") -> str:
+    data = kubectl.json("-n", namespace, "get", "secret", name)["data"]
+    return base64.b64decode(data[key]).decode()
+
+
+def example_cluster(images, namespace: str, name: str = "shop") -> dict:
+    """The small example cluster, with the test images."""
+    documents = yaml.safe_load_all((REPO / "manifests" / "examples" / "cluster-small.yaml").read_text())
+    cluster = copy.deepcopy(next(d for d in documents if d and d.get("kind") == "ShopDatabaseCluster"))
+    cluster["metadata"] = {"name": name, "namespace": namespace}
+    spec = cluster["spec"]
+    spec.setdefault("postgres", {})["image"] = images.postgres
+    spec.setdefault("pgbouncer", {})["image"] = images.pgbouncer
+    spec.setdefault("redis", {})["image"] = images.redis
+    spec["postgres"]["initSQL"] = {"configMapName": "shop-schema", "key": "init.sql"}  # apply_schema_config_map
+    return cluster
+
+
+def apply_schema_config_map(kubectl, namespace: str) -> None:
+    schema = (REPO / "manifests" / "examples" / "shop-schema.sql").read_text()
+    manifest = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "shop-schema", "namespace": namespace},
+                "data": {"init.sql": schema}}
+    kubectl.apply(yaml.safe_dump(manifest))
+
+
+def cluster_status(kubectl, namespace: str, name: str = "shop") -> dict:
+    return kubectl.json("-n", namespace, "get", "shopdatabasecluster", name).get("status") or {}
+
+
+def psql(kubectl, namespace: str, pod: str, sql: str, database: str = "postgres") -> str:
+    """Run SQL as the superuser over the pod's local socket."""
+    proc = kubectl("-n", namespace, "exec", pod, "-c", "postgres", "--", "psql", "-X", "-v", "ON_ERROR_STOP=1",
+                   "-At", "-d", database, "-c", sql, timeout=60)
+    return proc.stdout.strip()
+
+
+def psql_remote(kubectl, namespace: str, from_pod: str, conninfo: str, password: str, sql: str) -> str:
+    """Run SQL from inside `from_pod` against another address; the password goes by stdin."""
+    script = 'IFS= read -r PGPASSWORD; export PGPASSWORD; exec psql -X -v ON_ERROR_STOP=1 -At "$1" -c "$2"'
+    proc = kubectl("-n", namespace, "exec", "-i", from_pod, "-c", "postgres", "--", "bash", "-c", script, "psql",
+                   conninfo, sql, input=password + "\n", timeout=60)
+    return proc.stdout.strip()

@@ -1,0 +1,191 @@
+"""The operator as users run it: installed with `kubectl apply -f crds/ -f manifests/`,
+creating the example cluster on a real Kubernetes with real images.
+
+One database cluster is shared by the tests of this module (it takes a minute or two to
+come up on two cores); the tests run in file order and the last one deletes it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import yaml
+
+from support import (OPERATOR_NAMESPACE, REPO, apply_schema_config_map, build_operator_image,
+                     cluster_status, example_cluster, psql, psql_remote, secret_value, wait_for)
+
+pytestmark = pytest.mark.e2e
+
+READY_TIMEOUT = 600
+
+
+@pytest.fixture(scope="module")
+def operator(kubectl, images):
+    """The operator installed from crds/ and manifests/, running the image of this checkout."""
+    build_operator_image(kubectl)
+    kubectl("apply", "-f", str(REPO / "crds"), "-f", str(REPO / "manifests"))
+    kubectl("-n", OPERATOR_NAMESPACE, "set", "image", "deployment/shopdb-operator", f"operator={images.operator}")
+    kubectl("-n", OPERATOR_NAMESPACE, "set", "env", "deployment/shopdb-operator",
+            f"SHOPDB_OPERATOR_IMAGE={images.operator}")
+    kubectl("-n", OPERATOR_NAMESPACE, "rollout", "status", "deployment/shopdb-operator", "--timeout=300s",
+            timeout=330)
+    yield
+    kubectl("delete", "-f", str(REPO / "manifests"), "--ignore-not-found", "--wait=true", check=False, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def shop(kubectl, images, operator):
+    """The example cluster `shop` in its own namespace; yields the namespace."""
+    namespace = f"e2e-shop-{int(time.time()) % 100000}"
+    kubectl("create", "namespace", namespace)
+    apply_schema_config_map(kubectl, namespace)
+    cluster = example_cluster(images, namespace)
+    cluster["spec"]["reclaimPolicy"] = "Retain"  # the last test checks that volumes outlive the cluster
+    kubectl.apply(yaml.safe_dump(cluster))
+    yield namespace
+    kubectl("delete", "namespace", namespace, "--wait=false", "--ignore-not-found", check=False)
+
+
+def test_example_cluster_becomes_ready(kubectl, shop):
+    status = wait_for(lambda: (s := cluster_status(kubectl, shop)).get("phase") == "Ready" and s,
+                      READY_TIMEOUT, "the example cluster to become Ready", interval=5)
+    assert status["currentPrimary"] == "shop-1"
+    assert status["readyInstances"] == "4/4"
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True"
+    printed = kubectl("-n", shop, "get", "sdc", "shop").stdout
+    assert "Ready" in printed and "shop-1" in printed and "4/4" in printed
+    pods = kubectl.json("-n", shop, "get", "pods")["items"]
+    for pod in pods:
+        if pod["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "maintenance":
+            continue
+        assert pod["status"]["phase"] == "Running", pod["metadata"]["name"]
+        assert all(c["ready"] for c in pod["status"]["containerStatuses"]), pod["metadata"]["name"]
+    kubectl("-n", shop, "rollout", "status", "deployment/shop-pgbouncer", "--timeout=120s", timeout=150)
+    kubectl("-n", shop, "rollout", "status", "deployment/shop-redis", "--timeout=120s", timeout=150)
+
+
+def test_children_are_owned_by_the_cluster(kubectl, shop):
+    uid = kubectl.json("-n", shop, "get", "sdc", "shop")["metadata"]["uid"]
+    kinds = "statefulsets,deployments,services,configmaps,cronjobs,poddisruptionbudgets,networkpolicies"
+    items = kubectl.json("-n", shop, "get", kinds, "-l", "shopdb.io/cluster=shop")["items"]
+    assert len(items) >= 25
+    for item in items:
+        owners = [ref["uid"] for ref in item["metadata"].get("ownerReferences", [])]
+        assert owners == [uid], f"{item['kind']}/{item['metadata']['name']}"
+
+
+def test_every_replica_streams_from_the_primary(kubectl, shop):
+    rows = wait_for(lambda: (r := psql(kubectl, shop, "shop-1-0",
+                                       "select application_name || ':' || state from pg_stat_replication "
+                                       "order by 1")).count("streaming") == 3 and r,
+                    120, "three streaming replicas")
+    assert rows.splitlines() == ["shop-2:streaming", "shop-3:streaming", "shop-analytics:streaming"]
+    for pod in ("shop-2-0", "shop-3-0", "shop-analytics-0"):
+        assert psql(kubectl, shop, pod, "select pg_is_in_recovery()") == "t"
+    assert psql(kubectl, shop, "shop-1-0", "select pg_is_in_recovery()") == "f"
+
+
+def test_pgbouncer_routes_reach_their_instances(kubectl, shop):
+    """A row written through the primary route is read back through every replica route,
+    each served by the instance the topology assigns."""
+    password = secret_value(kubectl, shop, "shop-app")
+    pod_ips = {p["metadata"]["name"]: p["status"]["podIP"]
+               for p in kubectl.json("-n", shop, "get", "pods", "-l", "app.kubernetes.io/component=postgres")["items"]}
+
+    def route(database: str, sql: str) -> str:
+        conninfo = f"host=shop-pgbouncer port=5432 dbname={database} user=shop connect_timeout=10"
+        return psql_remote(kubectl, shop, "shop-1-0", conninfo, password, sql)
+
+    marker = f"e2e-{time.time_ns()}"
+    route("shop", f"insert into shops (name, slug) values ('{marker}', '{marker}')")
+    expected = {"shop": "shop-1-0", "shop_search": "shop-2-0", "shop_orders": "shop-3-0",
+                "shop_analytics": "shop-analytics-0"}
+    for database, pod in expected.items():
+        found = wait_for(lambda: route(database, f"select count(*) from shops where name = '{marker}'") == "1",
+                         60, f"the row on route {database}")
+        assert found
+        server = route(database, "select host(inet_server_addr())")
+        assert server == pod_ips[pod], f"{database} reached {server}, expected {pod} ({pod_ips[pod]})"
+    read_only = route("shop_ro", "select pg_is_in_recovery()")
+    assert read_only == "t"
+
+
+def test_redis_answers_with_its_password(kubectl, shop):
+    pod = kubectl.json("-n", shop, "get", "pods", "-l", "app.kubernetes.io/component=redis")["items"][0]
+    name = pod["metadata"]["name"]
+    # REDISCLI_AUTH comes from the Secret in the pod's env; without it Redis refuses.
+    assert kubectl("-n", shop, "exec", name, "--", "redis-cli", "ping").stdout.strip() == "PONG"
+    denied = kubectl("-n", shop, "exec", name, "--", "env", "-u", "REDISCLI_AUTH", "redis-cli", "ping").stdout
+    assert "NOAUTH" in denied
+    settings = kubectl.json("-n", shop, "get", "configmap", "shop-cache")["data"]
+    assert settings["CACHE_TTL_LISTINGS_SECONDS"] == "300"
+
+
+@pytest.mark.parametrize("cronjob", ["shop-partitions-orders", "shop-refresh-shop-analytics"])
+def test_cronjob_runs_to_completion(kubectl, shop, cronjob):
+    job = f"{cronjob[:40]}-manual"
+    kubectl("-n", shop, "create", "job", f"--from=cronjob/{cronjob}", job)
+    try:
+        kubectl.wait("-n", shop, "--for=condition=Complete", f"job/{job}", timeout=300)
+    except AssertionError:
+        logs = kubectl("-n", shop, "logs", f"job/{job}", check=False)
+        raise AssertionError(f"job {job} did not complete:\n{logs.stdout}\n{logs.stderr}") from None
+    if "partitions" in cronjob:
+        partitions = psql(kubectl, shop, "shop-1-0",
+                          "select count(*) from pg_inherits where inhparent = 'orders'::regclass", "shop")
+        assert int(partitions) >= 5  # this month, three ahead, and DEFAULT
+
+
+def test_drift_is_undone(kubectl, shop):
+    kubectl("-n", shop, "delete", "service", "shop-rw")
+    kubectl("-n", shop, "patch", "deployment", "shop-pgbouncer", "--type", "merge",
+            "-p", json.dumps({"spec": {"replicas": 5, "template": {"spec": {"terminationGracePeriodSeconds": 7}}}}))
+    wait_for(lambda: kubectl("-n", shop, "get", "service", "shop-rw", check=False).returncode == 0,
+             120, "the deleted Service to come back")
+
+    def deployment_restored():
+        spec = kubectl.json("-n", shop, "get", "deployment", "shop-pgbouncer")["spec"]
+        return spec["replicas"] == 2 and spec["template"]["spec"].get("terminationGracePeriodSeconds") == 30
+    wait_for(deployment_restored, 120, "the hand-edited PgBouncer Deployment to be restored")
+
+
+def test_bad_clusters_are_refused_and_nothing_is_built(kubectl, images, operator, namespace):
+    bad = example_cluster(images, namespace, name="bad")
+    bad["spec"]["replicas"] = [{"name": "analytics", "promotable": False}]
+    proc = kubectl("apply", "-f", "-", input=yaml.safe_dump(bad), check=False)
+    assert proc.returncode != 0
+    assert "failover needs at least one replica with promotable: true" in proc.stderr
+
+    shrink = example_cluster(images, namespace, name="bad")
+    shrink["spec"]["postgres"]["parameters"] = {"max_connections": "50"}
+    proc = kubectl("apply", "-f", "-", input=yaml.safe_dump(shrink), check=False)
+    assert "PgBouncer pools do not fit max_connections" in proc.stderr
+
+    # what the schema cannot judge, the operator refuses with a condition and an Event
+    invalid = example_cluster(images, namespace, name="bad")
+    invalid["spec"]["maintenance"] = {"materializedViews": [{"name": "v", "schedule": "61 * * * *"}]}
+    kubectl.apply(yaml.safe_dump(invalid))
+    status = wait_for(lambda: (s := cluster_status(kubectl, namespace, "bad")).get("phase") == "InvalidSpec" and s,
+                      120, "the InvalidSpec condition")
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "InvalidSpec" and "outside 0-59" in ready["message"]
+    events = kubectl.json("-n", namespace, "get", "events", "--field-selector", "type=Warning")["items"]
+    assert any(e["reason"] == "InvalidSpec" and "outside 0-59" in e["message"] for e in events)
+    children = kubectl.json("-n", namespace, "get", "statefulsets,deployments,services,secrets",
+                            "-l", "shopdb.io/cluster=bad")["items"]
+    assert children == []
+
+
+def test_deleting_the_cluster_keeps_its_volumes(kubectl, shop):
+    claims = {c["metadata"]["name"] for c in kubectl.json("-n", shop, "get", "pvc")["items"]}
+    assert claims == {"data-shop-1-0", "data-shop-2-0", "data-shop-3-0", "data-shop-analytics-0"}
+    kubectl("-n", shop, "delete", "sdc", "shop", "--wait=true", timeout=300)
+    wait_for(lambda: not kubectl.json("-n", shop, "get", "statefulsets,deployments,services")["items"],
+             300, "the cluster's objects to be removed")
+    remaining = {c["metadata"]["name"] for c in kubectl.json("-n", shop, "get", "pvc")["items"]}
+    assert remaining == claims
+    secrets = {s["metadata"]["name"] for s in kubectl.json("-n", shop, "get", "secrets", "-l", "shopdb.io/cluster=shop")["items"]}
+    assert {"shop-superuser", "shop-app", "shop-replication"} <= secrets
