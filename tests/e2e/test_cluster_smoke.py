@@ -157,7 +157,12 @@ def test_service_and_dns(kubectl, namespace, images):
               getent hosts kubernetes.default.svc.cluster.local
               getent hosts cache.{namespace}.svc.cluster.local
               getent hosts cache
-              echo "ping: $(redis-cli -h cache.{namespace}.svc.cluster.local ping)"
+              # kube-proxy programs a new Service's endpoints a moment after the pod is Ready
+              for i in $(seq 1 20); do
+                out=$(redis-cli -h cache.{namespace}.svc.cluster.local ping 2>&1) || true
+                [ "$out" = PONG ] && break; sleep 1
+              done
+              echo "ping: $out"
               rc=0; out=$(timeout 5 redis-cli -h empty ping 2>&1) || rc=$?
               echo "empty: rc=$rc $out"
               if getent hosts example.com; then echo "external: resolved"; else echo "external: not resolved"; fi
