@@ -1,4 +1,5 @@
-"""The `shopdb-operator` command: run the operator, print the CRD, run maintenance."""
+"""The `shopdb-operator` command: run the operator, print the CRD, request a switchover,
+run maintenance."""
 
 from __future__ import annotations
 
@@ -31,6 +32,22 @@ def _crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _switchover(args: argparse.Namespace) -> int:
+    from kubernetes.config import ConfigException
+
+    from .failover.adapters import request_switchover
+    from .kube.client import Kube
+
+    try:
+        request_switchover(Kube(), args.namespace, args.name, args.to)
+    except (LookupError, ValueError, ConfigException) as err:
+        print(f"shopdb-operator switchover: {err}", file=sys.stderr)
+        return 2
+    print(f"switchover of {args.namespace}/{args.name} to {args.to} requested; "
+          f"follow it with: kubectl -n {args.namespace} get sdc {args.name} -o jsonpath='{{.status.failover}}'")
+    return 0
+
+
 def _maintain(args: argparse.Namespace) -> int:
     from . import maintenance
 
@@ -54,6 +71,13 @@ def parser() -> argparse.ArgumentParser:
     crd = sub.add_parser("crd", help="print the CustomResourceDefinition generated from the API models")
     crd.add_argument("--output", "-o", help="write to this file instead of stdout")
     crd.set_defaults(func=_crd)
+
+    switchover = sub.add_parser("switchover", help="move the primary to another instance without data loss "
+                                                   "(the same as annotating shopdb.io/switchover-to)")
+    switchover.add_argument("name", help="the ShopDatabaseCluster")
+    switchover.add_argument("--to", required=True, help="the pool instance to promote, e.g. shop-2")
+    switchover.add_argument("--namespace", "-n", default="default")
+    switchover.set_defaults(func=_switchover)
 
     maintain = sub.add_parser("maintain", help="maintenance the CronJobs run (partitions, views)",
                               add_help=False)

@@ -135,8 +135,10 @@ def postgresql_conf(
         **_synchronous_settings(spec, synchronous_standby_names),
         "archive_mode": "off",
         # A walreceiver that sees nothing for this long reconnects (and so follows a failover).
-        "wal_receiver_timeout": "30s",
-        "wal_sender_timeout": "30s",
+        "wal_receiver_timeout": "10s",
+        "wal_sender_timeout": "10s",
+        # after a failover, a replica retries its (re-labelled) primary every second, not five
+        "wal_retrieve_retry_interval": "1s",
         "logging_collector": "off",
         "log_destination": "stderr",
         "log_line_prefix": "%m [%p] %q%u@%d ",

@@ -1,5 +1,7 @@
-"""kopf wiring: one idempotent reconcile for create, update and resume, and a timer that
-re-applies (undoing drift) and records the observed state in status."""
+"""kopf wiring: one idempotent reconcile for create, update and resume, a timer that
+re-applies (undoing drift) and records the observed state in status, and (handlers/
+failover.py) the failover daemon. All three hold the cluster's lock and read its status
+fresh from the API server, so none writes back a topology another has just changed."""
 
 from __future__ import annotations
 
@@ -8,23 +10,16 @@ import logging
 
 import kopf
 
-from .. import GROUP, PLURAL, VERSION
+from .. import GROUP, KIND, PLURAL, VERSION
 from ..api.validate import InvalidSpec
-from ..kube.client import Kube, KubeError
-from ..status import (PHASE_INVALID, READY, RECONCILED, condition, set_condition)
+from ..kube.client import KubeError
+from ..status import PHASE_INVALID, READY, RECONCILED, condition, set_condition
 from . import reconcile as rec
+from .clients import kube
+from .locks import cluster_lock
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 DRIFT_INTERVAL_SECONDS = 15
-
-_kube: Kube | None = None
-
-
-def kube() -> Kube:
-    global _kube
-    if _kube is None:
-        _kube = Kube()
-    return _kube
 
 
 def _now() -> str:
@@ -43,65 +38,77 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.execution.max_workers = 8
 
 
-def _refuse(body, patch, problems: list[str], generation) -> None:
+def _fresh(namespace: str, name: str) -> dict | None:
+    """The cluster as the API server has it now: kopf's body may predate a failover's write."""
+    return kube().get(f"{GROUP}/{VERSION}", KIND, namespace, name)
+
+
+def _record(namespace: str, name: str, status: dict) -> None:
+    kube().merge_patch(f"{GROUP}/{VERSION}", KIND, namespace, name, {"status": status}, subresource="status")
+
+
+def _refuse(body, namespace: str, name: str, status: dict, problems: list[str], generation) -> None:
     message = "; ".join(problems)
-    conditions = (body.get("status") or {}).get("conditions")
-    conditions = set_condition(conditions, READY, False, "InvalidSpec", message, generation, _now())
+    conditions = set_condition(status.get("conditions"), READY, False, "InvalidSpec", message, generation, _now())
     conditions = set_condition(conditions, RECONCILED, False, "InvalidSpec", message, generation, _now())
-    patch.status["conditions"] = conditions
-    patch.status["phase"] = PHASE_INVALID
+    _record(namespace, name, {"conditions": conditions, "phase": PHASE_INVALID})
     kopf.warn(body, reason="InvalidSpec", message=message)
 
 
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
 @kopf.on.resume(*RESOURCE)
-def reconcile(name, namespace, uid, spec, status, body, patch, meta, logger, **_) -> None:
-    generation = meta.get("generation")
-    try:
-        outcome = rec.reconcile(kube(), name, namespace, uid, dict(spec), dict(status), generation)
-    except InvalidSpec as err:
-        _refuse(body, patch, err.problems, generation)
-        raise kopf.PermanentError(f"InvalidSpec: {err}") from None
-    except KubeError as err:
-        if err.status in (400, 403, 422):
-            raise kopf.TemporaryError(f"the API server refused a child object: {err}", delay=30) from None
-        raise kopf.TemporaryError(str(err), delay=5) from None
-    for key, value in outcome.status.items():
-        patch.status[key] = value
-    conditions = set_condition((status or {}).get("conditions"), RECONCILED, True, "Applied",
-                               f"{outcome.applied} objects applied", generation, _now())
-    patch.status["conditions"] = conditions
+def reconcile(name, namespace, uid, body, logger, **_) -> None:
+    with cluster_lock(namespace, name):
+        current = _fresh(namespace, name)
+        if current is None:
+            return  # deleted meanwhile
+        spec, status = current.get("spec") or {}, current.get("status") or {}
+        generation = current["metadata"].get("generation")
+        try:
+            outcome = rec.reconcile(kube(), name, namespace, uid, spec, status, generation)
+        except InvalidSpec as err:
+            _refuse(body, namespace, name, status, err.problems, generation)
+            raise kopf.PermanentError(f"InvalidSpec: {err}") from None
+        except KubeError as err:
+            if err.status in (400, 403, 422):
+                raise kopf.TemporaryError(f"the API server refused a child object: {err}", delay=30) from None
+            raise kopf.TemporaryError(str(err), delay=5) from None
+        conditions = set_condition(status.get("conditions"), RECONCILED, True, "Applied",
+                                   f"{outcome.applied} objects applied", generation, _now())
+        _record(namespace, name, {**outcome.status, "conditions": conditions})
     if outcome.created_secrets:
-        kopf.event(body, type="Normal", reason="CredentialsCreated", message=f"created Secrets {', '.join(outcome.created_secrets)}")
+        kopf.event(body, type="Normal", reason="CredentialsCreated",
+                   message=f"created Secrets {', '.join(outcome.created_secrets)}")
     if outcome.pruned:
         kopf.event(body, type="Normal", reason="Pruned", message=f"removed {', '.join(outcome.pruned)}")
     logger.info("reconciled %s/%s: %d objects applied", namespace, name, outcome.applied)
 
 
 @kopf.timer(*RESOURCE, interval=DRIFT_INTERVAL_SECONDS, initial_delay=DRIFT_INTERVAL_SECONDS)
-def keep_in_sync(name, namespace, uid, spec, status, body, patch, meta, logger, **_) -> None:
+def keep_in_sync(name, namespace, uid, logger, **_) -> None:
     """Undo drift and record what runs; only for a spec that was applied and is valid."""
-    status = dict(status or {})
-    generation = meta.get("generation")
-    if "applied" not in status:
-        return  # the create handler has not succeeded yet
-    try:
-        ctx = rec.cluster_context(name, namespace, uid, dict(spec), status)
-    except InvalidSpec:
-        return  # the condition set by reconcile() already says why
-    objects = rec.desired_objects(ctx)
-    rec.apply_objects(kube(), ctx, objects)
-    observed = rec.observed_status(kube(), ctx)
-    patch.status["instances"] = observed["instances"]
-    patch.status["readyInstances"] = observed["readyInstances"]
-    patch.status["phase"] = observed["phase"]
-    patch.status["maxLagBytes"] = observed["maxLagBytes"]
-    conditions = status.get("conditions")
-    ready_message = f"{observed['readyInstances']} instances ready"
-    conditions = set_condition(conditions, READY, observed["allReady"],
-                               "AllInstancesReady" if observed["allReady"] else "InstancesNotReady",
-                               ready_message, generation, _now())
-    if condition(conditions, RECONCILED) is None:
-        conditions = set_condition(conditions, RECONCILED, True, "Applied", "", generation, _now())
-    patch.status["conditions"] = conditions
+    with cluster_lock(namespace, name):
+        current = _fresh(namespace, name)
+        status = (current or {}).get("status") or {}
+        if current is None or "applied" not in status:
+            return  # deleted, or the create handler has not succeeded yet
+        generation = current["metadata"].get("generation")
+        try:
+            ctx = rec.cluster_context(name, namespace, uid, current.get("spec") or {}, status)
+        except InvalidSpec:
+            return  # the condition set by reconcile() already says why
+        rec.apply_objects(kube(), ctx, rec.desired_objects(ctx))
+        observed = rec.observed_status(kube(), ctx)
+        conditions = set_condition(status.get("conditions"), READY, observed["allReady"],
+                                   "AllInstancesReady" if observed["allReady"] else "InstancesNotReady",
+                                   f"{observed['readyInstances']} instances ready", generation, _now())
+        if condition(conditions, RECONCILED) is None:
+            conditions = set_condition(conditions, RECONCILED, True, "Applied", "", generation, _now())
+        _record(namespace, name, {
+            "instances": observed["instances"], "readyInstances": observed["readyInstances"],
+            "phase": observed["phase"], "maxLagBytes": observed["maxLagBytes"], "conditions": conditions,
+        })
+
+
+from . import failover  # noqa: E402,F401  (registers the failover daemon)

@@ -161,3 +161,44 @@ def replication_lag(conn: psycopg.Connection) -> dict[str, int | None]:
         "FROM pg_stat_replication"
     ).fetchall()
     return {name: (int(lag) if lag is not None else None) for name, lag in rows}
+
+
+# --- failover ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Health:
+    """One instance's state for failover decisions, from one query."""
+
+    in_recovery: bool
+    current_lsn: str | None  # a primary's write position
+    received_lsn: str | None  # a standby's received and flushed position
+    replayed_lsn: str | None
+    receiver_status: str | None  # the standby's walreceiver, None when not running
+
+
+def health(conn: psycopg.Connection) -> Health:
+    row = conn.execute(
+        "SELECT pg_is_in_recovery(), "
+        "CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, "
+        "pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, "
+        "(SELECT status FROM pg_stat_wal_receiver)"
+    ).fetchone()
+    return Health(*row)
+
+
+def pgbouncer_admin(host: str, port: int, user: str, password: str, connect_timeout: int = 2) -> psycopg.Connection:
+    """A connection to PgBouncer's admin console (database `pgbouncer`). No startup options:
+    PgBouncer refuses them; commands go through the simple query protocol."""
+    return psycopg.connect(host=host, port=port, user=user, password=password, dbname="pgbouncer",
+                           connect_timeout=connect_timeout, autocommit=True,
+                           application_name="shopdb-operator", cursor_factory=psycopg.ClientCursor)
+
+
+def pgbouncer_command(conn: psycopg.Connection, command: str, database: str) -> None:
+    """Run an admin command (PAUSE, RESUME, KILL, RECONNECT) on one virtual database.
+
+    `database` is an identifier we generated (spec pattern), quoted for the console."""
+    if not all(c.isalnum() or c == "_" for c in database):
+        raise ValueError(f"not a PgBouncer database name: {database!r}")
+    conn.execute(f'{command} "{database}"', prepare=False)
+

@@ -1,0 +1,180 @@
+"""The real implementations of the executor's interfaces: Kubernetes through kube.Kube,
+PostgreSQL and PgBouncer through postgres/. Addresses are resolved per call (a pod's IP
+changes when it is recreated), passwords are held in memory only, never logged."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
+from typing import Callable
+
+from .. import GROUP, KIND, VERSION, postgres
+from ..builders.common import COMPONENT, LABEL_CLUSTER, LABEL_INSTANCE, PGBOUNCER, POSTGRES, POSTGRES_PORT
+from ..builders.secrets import PGBOUNCER_ADMIN_USER, SUPERUSER
+from ..kube.client import Kube, KubeError
+from .decide import parse_timestamp
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+PROMOTE_WAIT_SECONDS = 30
+PAUSE_TIMEOUT_SECONDS = 5
+
+
+def secret_password(kube: Kube, namespace: str, name: str) -> str | None:
+    secret = kube.get("v1", "Secret", namespace, name)
+    data = (secret or {}).get("data") or {}
+    return base64.b64decode(data["password"]).decode() if "password" in data else None
+
+
+def database_pods(kube: Kube, namespace: str, cluster: str) -> dict[str, dict]:
+    """Instance name -> its pod."""
+    pods = kube.list("v1", "Pod", namespace, {LABEL_CLUSTER: cluster, COMPONENT: POSTGRES})
+    return {p["metadata"]["labels"].get(LABEL_INSTANCE): p for p in pods}
+
+
+def pod_address(pod: dict | None) -> Address | None:
+    ip = ((pod or {}).get("status") or {}).get("podIP")
+    return (ip, POSTGRES_PORT) if ip else None
+
+
+class KubeCluster:
+    """Cluster (execute.py) for one ShopDatabaseCluster."""
+
+    def __init__(self, kube: Kube, namespace: str, name: str, event: Callable[[str, str, str], None]):
+        self.kube, self.namespace, self.name, self._event = kube, namespace, name, event
+
+    def record(self, status: dict) -> None:
+        self.kube.merge_patch(f"{GROUP}/{VERSION}", KIND, self.namespace, self.name, {"status": status},
+                              subresource="status")
+
+    def set_pod_labels(self, instance: str, labels: dict[str, str | None]) -> None:
+        try:
+            self.kube.merge_patch("v1", "Pod", self.namespace, f"{instance}-0", {"metadata": {"labels": labels}})
+        except KubeError as err:
+            if err.status != 404:
+                raise
+
+    def set_template_labels(self, instance: str, labels: dict[str, str | None]) -> None:
+        try:
+            self.kube.merge_patch("apps/v1", "StatefulSet", self.namespace, instance,
+                                  {"spec": {"template": {"metadata": {"labels": labels}}}})
+        except KubeError as err:
+            if err.status != 404:
+                raise
+
+    def fence_pod(self, instance: str, grace_seconds: int | None, created_before: datetime.datetime) -> bool:
+        pod = self.kube.get("v1", "Pod", self.namespace, f"{instance}-0")
+        if pod is None:
+            return False
+        created = pod["metadata"].get("creationTimestamp")
+        if created and parse_timestamp(created.replace("Z", ".0Z")) >= created_before:
+            return False  # recreated after the fence began: it already carries role=replica
+        return self.kube.delete("v1", "Pod", self.namespace, f"{instance}-0", grace_seconds=grace_seconds)
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        self._event(type_, reason, message)
+
+
+class SqlDatabases:
+    """Databases (execute.py): each instance as superuser at the address `resolve` gives."""
+
+    def __init__(self, resolve: Callable[[str], Address | None], password: str, connect_timeout: int = 2):
+        self.resolve, self.password, self.connect_timeout = resolve, password, connect_timeout
+
+    def _connect(self, instance: str, statement_timeout_ms: int = 10_000):
+        address = self.resolve(instance)
+        if address is None:
+            raise postgres.psycopg.OperationalError(f"{instance} has no address")
+        return postgres.connect(host=address[0], port=address[1], user=SUPERUSER, password=self.password,
+                                dbname="postgres", connect_timeout=self.connect_timeout,
+                                statement_timeout_ms=statement_timeout_ms)
+
+    def promote(self, instance: str) -> bool:
+        with self._connect(instance) as conn:
+            if not postgres.is_in_recovery(conn):
+                return False
+            if not postgres.promote(conn, wait_seconds=PROMOTE_WAIT_SECONDS):
+                raise RuntimeError(f"{instance} did not finish promotion within {PROMOTE_WAIT_SECONDS} s")
+            return True
+
+    def prepare_primary(self, instance: str, slots: list[str]) -> list[str]:
+        with self._connect(instance, statement_timeout_ms=0) as conn:
+            postgres.checkpoint(conn)
+            return postgres.ensure_physical_slots(conn, slots)
+
+    def current_lsn(self, instance: str) -> int | None:
+        try:
+            with self._connect(instance) as conn:
+                return postgres.lsn_to_int(postgres.current_lsn(conn))
+        except postgres.Error:
+            return None
+
+
+class PgBouncerPoolers:
+    """Poolers (execute.py): every PgBouncer the `resolve` callable lists, by (name, address).
+
+    A PgBouncer that cannot be reached is skipped, not waited for: a new one starts with
+    no server connection at all, and waiting would hold the failover on a dead pod."""
+
+    def __init__(self, resolve: Callable[[], list[tuple[str, Address]]], password: str,
+                 user: str = PGBOUNCER_ADMIN_USER):
+        self.resolve, self.password, self.user = resolve, password, user
+
+    def _each(self, commands: list[str], database: str) -> list[str]:
+        done = []
+        for name, (host, port) in self.resolve():
+            try:
+                with postgres.pgbouncer_admin(host, port, self.user, self.password) as conn:
+                    for command in commands:
+                        postgres.pgbouncer_command(conn, command, database)
+                done.append(name)
+            except postgres.Error as err:
+                log.warning("PgBouncer %s: %s not applied: %s", name, "/".join(commands), type(err).__name__)
+        return done
+
+    def hold(self, database: str, graceful: bool) -> list[str]:
+        if not graceful:
+            return self._each(["KILL"], database)
+        # PAUSE returns only once running transactions ended: bounded, so that a stuck client
+        # cannot hold a switchover (its transaction ends with the old primary's shutdown).
+        pool = ThreadPoolExecutor(max_workers=1)
+        future = pool.submit(self._each, ["PAUSE"], database)
+        pool.shutdown(wait=False)
+        try:
+            return future.result(timeout=PAUSE_TIMEOUT_SECONDS)
+        except FuturesTimeout:
+            log.warning("PgBouncer PAUSE of %s still waiting after %s s; switching over anyway",
+                        database, PAUSE_TIMEOUT_SECONDS)
+            return []
+
+    def release(self, database: str, graceful: bool) -> list[str]:
+        return self._each(["RECONNECT", "RESUME"] if graceful else ["RESUME"], database)
+
+
+def pgbouncer_addresses(kube: Kube, namespace: str, cluster: str) -> list[tuple[str, Address]]:
+    pods = kube.list("v1", "Pod", namespace, {LABEL_CLUSTER: cluster, COMPONENT: PGBOUNCER})
+    return [(p["metadata"]["name"], (p["status"]["podIP"], POSTGRES_PORT)) for p in pods
+            if (p.get("status") or {}).get("podIP") and not p["metadata"].get("deletionTimestamp")]
+
+
+SWITCHOVER_ANNOTATION = f"{GROUP}/switchover-to"
+
+
+def request_switchover(kube: Kube, namespace: str, cluster: str, target: str) -> None:
+    """What `kubectl annotate sdc NAME shopdb.io/switchover-to=TARGET` does, after checking
+    that TARGET is a pool instance and not the primary already (the operator checks again
+    and refuses an analytics or unreachable target with an Event)."""
+    body = kube.get(f"{GROUP}/{VERSION}", KIND, namespace, cluster)
+    if body is None:
+        raise LookupError(f"ShopDatabaseCluster {namespace}/{cluster} not found")
+    topology = (body.get("status") or {}).get("topology") or {}
+    if target not in (topology.get("pool") or []):
+        raise ValueError(f"{target} is not a promotable instance of {cluster} (pool: {', '.join(topology.get('pool') or [])})")
+    if target == topology.get("currentPrimary"):
+        raise ValueError(f"{target} is already the primary")
+    kube.merge_patch(f"{GROUP}/{VERSION}", KIND, namespace, cluster,
+                     {"metadata": {"annotations": {SWITCHOVER_ANNOTATION: target}}})

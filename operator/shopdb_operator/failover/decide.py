@@ -1,0 +1,309 @@
+"""Failover decisions: pure functions over observations and recorded status.
+
+No I/O and no clock: callers pass observations and `now`. Everything here is what the unit
+tests pin down: when the primary counts as failed, who may be promoted and why not, the
+step order of a failover recorded in status, and where replica routes go afterwards.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, replace
+from typing import Mapping
+
+from ..api.spec import ClusterSpec
+from ..topology import Topology
+
+# The recorded steps, in order; a restarted operator resumes at the first one not recorded.
+# `choose` comes before `fence`: a refusal (lag bound, sync rule, no candidate) then leaves
+# a primary that may still recover untouched; the promote step chooses again on final LSNs.
+CHOOSE, FENCE, PROMOTE, RELABEL, REPOINT, PGBOUNCER = (
+    "choose", "fence", "promote", "relabel", "repoint", "pgbouncer")
+STEPS = (CHOOSE, FENCE, PROMOTE, RELABEL, REPOINT, PGBOUNCER)
+
+RUNNING, COMPLETED, REFUSED, CANCELLED = "Running", "Completed", "Refused", "Cancelled"
+FAILOVER, SWITCHOVER = "failover", "switchover"
+
+# Refusal reasons (condition reasons and Event reasons).
+NO_CANDIDATE = "NoPromotableReplica"
+TOO_FAR_BEHIND = "CandidateTooFarBehind"
+SYNC_UNPROVEN = "SynchronousCommitsNotProven"
+TARGET_NOT_ELIGIBLE = "SwitchoverTargetNotEligible"
+
+HISTORY_LENGTH = 10
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One instance as one check saw it. LSNs are integers (postgres.lsn_to_int)."""
+
+    name: str
+    pod_exists: bool = False
+    pod_deleting: bool = False
+    container_running: bool = False
+    pod_ready: bool = False
+    reachable: bool = False  # a superuser connection and query succeeded
+    in_recovery: bool | None = None
+    current_lsn: int | None = None  # a primary's write position
+    received_lsn: int | None = None  # a standby's received and flushed position
+    replayed_lsn: int | None = None
+    streaming: bool = False  # a standby's walreceiver is streaming now
+    error: str = ""  # the failure's class name, never its text (it may quote a DSN)
+
+    @property
+    def is_writable_primary(self) -> bool:
+        return self.reachable and self.in_recovery is False and not self.pod_deleting
+
+    @property
+    def is_standby(self) -> bool:
+        return self.reachable and self.in_recovery is True and not self.pod_deleting
+
+    @property
+    def wal_position(self) -> int | None:
+        """What a standby holds: received, or replayed when its receiver never ran since start."""
+        known = [lsn for lsn in (self.received_lsn, self.replayed_lsn) if lsn is not None]
+        return max(known) if known else None
+
+
+@dataclass(frozen=True)
+class HealthTracker:
+    """Consecutive failed checks of the recorded primary.
+
+    One rule for every kind of failure (refused connection, timeout, in recovery, pod
+    deleting, container not running): a container restart or a pod moving by itself looks
+    the same as a crash for one check, and promoting on one check would turn a few-second
+    blip into a failover. The threshold (3 x 2 s by default) bounds detection to ~6 s.
+    """
+
+    primary: str = ""
+    failures: int = 0
+    last_lsn: int | None = None  # the primary's last reported write position
+
+    def record(self, primary: str, observation: Observation | None) -> "HealthTracker":
+        tracker = self if primary == self.primary else HealthTracker(primary=primary)
+        if observation is not None and observation.is_writable_primary:
+            lsn = observation.current_lsn if observation.current_lsn is not None else tracker.last_lsn
+            return replace(tracker, failures=0, last_lsn=lsn)
+        return replace(tracker, failures=tracker.failures + 1)
+
+    def should_fail_over(self, threshold: int) -> bool:
+        return self.failures >= threshold
+
+
+def nothing_reachable(observations: Mapping[str, Observation]) -> bool:
+    """No instance answers at all: more likely the operator's own network (or an operator
+    run outside the cluster) than every pod at once; such a check does not count against
+    the primary, and a failover could not promote anyone anyway."""
+    return not any(o.reachable for o in observations.values())
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    wal_position: int
+    replayed_lsn: int | None
+    lag_bytes: int  # behind the best known position (old primary or any standby)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    message: str
+
+
+def eligible(name: str, topology: Topology, failed_primary: str) -> bool:
+    """Promotable, not analytics (even when marked promotable), not the failed primary."""
+    try:
+        instance = topology.instance(name)
+    except KeyError:
+        return False
+    return name != failed_primary and instance.promotable and not instance.analytics
+
+
+def choose_candidate(observations: Mapping[str, Observation], topology: Topology, spec: ClusterSpec,
+                     failed_primary: str, primary_lsn: int | None = None,
+                     target: str | None = None) -> Candidate | Refusal:
+    """The replica to promote, or why none may be.
+
+    Among reachable standbys that are eligible (see eligible()), the highest received LSN
+    wins; ties go to the higher replayed LSN (less to replay before accepting writes), then
+    to the name (deterministic across operator restarts). `target` (a switchover) narrows
+    the choice to one instance, which must pass the same rules.
+    """
+    standbys = [o for o in observations.values() if o.is_standby and o.wal_position is not None]
+    candidates = [o for o in standbys if eligible(o.name, topology, failed_primary)]
+    if target is not None:
+        if not eligible(target, topology, failed_primary):
+            return Refusal(TARGET_NOT_ELIGIBLE, f"{target} is not a promotable replica of this cluster "
+                                                f"(analytics and non-promotable replicas never are)")
+        candidates = [o for o in candidates if o.name == target]
+        if not candidates:
+            return Refusal(TARGET_NOT_ELIGIBLE, f"{target} is not reachable as a standby")
+    if not candidates:
+        return Refusal(NO_CANDIDATE, "no promotable replica is reachable as a standby")
+    best = sorted(candidates, key=lambda o: (-o.wal_position, -(o.replayed_lsn or 0), o.name))[0]
+
+    known = [o.wal_position for o in standbys] + ([primary_lsn] if primary_lsn is not None else [])
+    lag = max(known) - best.wal_position
+    if lag > spec.failover.max_lag_bytes:
+        return Refusal(TOO_FAR_BEHIND, f"the best candidate {best.name} is {lag} bytes behind, more than "
+                                       f"failover.maxLagBytes ({spec.failover.max_lag_bytes}); raise it to "
+                                       f"accept losing those writes")
+    if spec.postgres.synchronous.enabled:
+        problem = synchronous_rule(best, observations, topology, spec, failed_primary)
+        if problem:
+            return Refusal(SYNC_UNPROVEN, problem)
+    return Candidate(best.name, best.wal_position, best.replayed_lsn, lag)
+
+
+def synchronous_rule(candidate: Observation, observations: Mapping[str, Observation], topology: Topology,
+                     spec: ClusterSpec, failed_primary: str) -> str | None:
+    """Why promoting `candidate` could lose a synchronously acknowledged commit, or None.
+
+    The argument (the primary is gone, so it cannot be asked what it acknowledged):
+    - The primary's synchronous_standby_names is `ANY n (S)`, S = its promotable peers
+      (builders.postgres.synchronous_standbys), and a commit is acknowledged only after n
+      members of S flushed it; a standby's pg_last_wal_receive_lsn() is exactly what it
+      flushed.
+    - So every acknowledged commit is flushed on at least n members of S. If fewer than n
+      members are unobserved (u < n), every acknowledged commit is on at least one observed
+      member, hence at or below the highest received LSN among observed members.
+    - A candidate whose received LSN is at least that maximum holds every acknowledged
+      commit (WAL is a single stream: holding a position means holding all before it).
+    - If u >= n, an acknowledged commit may live only on the unobserved members: no
+      candidate can be proven complete, so none is promoted until enough of S is back.
+    Note that an analytics instance marked promotable is in S but is never promoted; when it
+    alone holds the newest acknowledged commit, this rule refuses rather than lose it.
+    Transactions that lowered synchronous_commit themselves opted out of this guarantee.
+    """
+    members = [i.name for i in topology.instances if i.promotable and i.name != failed_primary]
+    needed = spec.postgres.synchronous.number
+    observed = {m: observations[m].wal_position for m in members
+                if m in observations and observations[m].is_standby and observations[m].wal_position is not None}
+    unobserved = sorted(set(members) - set(observed))
+    if len(unobserved) >= needed:
+        return (f"synchronous replication (ANY {needed}): {', '.join(unobserved)} cannot be checked, and an "
+                f"acknowledged commit may exist only there; waiting for them")
+    newest = max(observed.values())
+    if candidate.wal_position < newest:
+        holder = max(observed, key=lambda m: observed[m])
+        return (f"synchronous replication: {holder} holds WAL up to {newest - candidate.wal_position} bytes past "
+                f"the best promotable candidate {candidate.name} and may not be promoted")
+    return None
+
+
+# --- the recorded failover (status.failover) -------------------------------------------
+
+def timestamp(now: datetime.datetime) -> str:
+    return now.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+
+
+def parse_timestamp(value: str) -> datetime.datetime:
+    return datetime.datetime.strptime(value.replace("Z", "+0000"), "%Y-%m-%dT%H:%M:%S.%f%z")
+
+
+def start(kind: str, old_primary: str, reason: str, now: datetime.datetime, target: str | None = None) -> dict:
+    return {"phase": RUNNING, "kind": kind, "from": old_primary, "to": target, "reason": reason,
+            "startedAt": timestamp(now), "steps": {}}
+
+
+def is_running(state: dict | None) -> bool:
+    """Resumed at the next check: running, or refused (retried until the reason goes
+    away) — except a refused switchover that fenced nothing yet, which simply ends."""
+    if not state or state.get("phase") not in (RUNNING, REFUSED) or next_step(state) is None:
+        return False
+    return not (state.get("kind") == SWITCHOVER and state.get("phase") == REFUSED
+                and FENCE not in (state.get("steps") or {}))
+
+
+def should_cancel(state: dict, primary_healthy: bool) -> bool:
+    """A failover that fenced nothing yet ends when the primary answers again (a refused
+    one would otherwise promote a replica of a healthy primary once the refusal lifts)."""
+    return (state.get("kind") == FAILOVER and primary_healthy
+            and FENCE not in (state.get("steps") or {}))
+
+
+def cancel(state: dict, now: datetime.datetime) -> dict:
+    return {**state, "phase": CANCELLED, "finishedAt": timestamp(now)}
+
+
+def next_step(state: dict) -> str | None:
+    """The first step not yet recorded; None once all are (the failover is complete)."""
+    done = state.get("steps") or {}
+    return next((step for step in STEPS if step not in done), None)
+
+
+def mark_step(state: dict, step: str, now: datetime.datetime, **fields) -> dict:
+    """`state` with `step` recorded as done at `now` (and `fields` set); phase stays Running."""
+    return {**state, **fields, "phase": RUNNING, "refusal": None,
+            "steps": {**(state.get("steps") or {}), step: timestamp(now)}}
+
+
+def refuse(state: dict, refusal: Refusal) -> dict:
+    return {**state, "phase": REFUSED, "refusal": {"reason": refusal.reason, "message": refusal.message}}
+
+
+def complete(state: dict, now: datetime.datetime) -> dict:
+    started = parse_timestamp(state["startedAt"])
+    return {**state, "phase": COMPLETED, "finishedAt": timestamp(now),
+            "durationSeconds": round((now - started).total_seconds(), 3)}
+
+
+def step_durations(state: dict) -> dict[str, float]:
+    """Seconds each recorded step took (from the previous step, or the start)."""
+    previous = parse_timestamp(state["startedAt"])
+    result = {}
+    for step in STEPS:
+        at = (state.get("steps") or {}).get(step)
+        if at is None:
+            break
+        moment = parse_timestamp(at)
+        result[step] = round((moment - previous).total_seconds(), 3)
+        previous = moment
+    return result
+
+
+def history_entry(state: dict) -> dict:
+    return {key: state.get(key) for key in ("kind", "from", "to", "reason", "startedAt", "finishedAt",
+                                            "durationSeconds")} | {"stepSeconds": step_durations(state)}
+
+
+def with_history(history: list[dict] | None, state: dict) -> list[dict]:
+    return ([*(history or []), history_entry(state)])[-HISTORY_LENGTH:]
+
+
+def drain_pending(state: dict, observations: Mapping[str, Observation], topology: Topology,
+                  spec: ClusterSpec) -> list[str]:
+    """With synchronous replication: eligible replicas still streaming from the fenced
+    primary, which must let go before a promotion.
+
+    While a synchronous standby still streams from the old primary (cut off from the
+    operator, not from its peers), the old primary can still get commits acknowledged; once
+    none streams, it cannot, and received LSNs are final (CloudNativePG's rule). A receiver
+    of a vanished node lets go after wal_receiver_timeout; one that keeps streaming means
+    the old primary is alive, and promoting then could lose acknowledged commits, so there
+    is no deadline. Without synchronous replication nothing is promised for such commits,
+    and the promote step re-chooses on fresh LSNs instead of waiting.
+    """
+    if not spec.postgres.synchronous.enabled:
+        return []
+    return sorted(o.name for o in observations.values()
+                  if o.streaming and eligible(o.name, topology, state.get("from", "")))
+
+
+# --- routes after a failover -------------------------------------------------------------
+
+def route_handoff(topology: Topology, observations: Mapping[str, Observation],
+                  preferred: str | None = None) -> dict[str, str]:
+    """Routes that still point at the primary (the promoted replica kept its route), moved
+    to a streaming pool replica that serves no route, the former primary first.
+
+    Returns route -> new instance; empty while no such replica streams (rejoin pending).
+    """
+    stranded = sorted(route for route, inst in topology.routes.items() if inst == topology.primary)
+    taken = set(topology.routes.values())
+    free = [i.name for i in topology.instances
+            if i.promotable and not i.analytics and i.name != topology.primary and i.name not in taken
+            and i.name in observations and observations[i.name].streaming]
+    free.sort(key=lambda n: (n != preferred, n))
+    return dict(zip(stranded, free))

@@ -1,0 +1,261 @@
+"""Perform the next recorded failover step, once, through narrow interfaces.
+
+Each call runs at most one step and records it in status before returning, so an operator
+that restarts anywhere resumes at the first unrecorded step. Every step is idempotent: it
+may run again after a crash between acting and recording.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Mapping, Protocol
+
+from ..api.spec import ClusterSpec
+from ..builders.common import LABEL_ROLE, route_label
+from ..topology import PRIMARY, REPLICA, Topology
+from . import decide
+from .decide import Observation, Refusal
+
+
+FENCE_GRACE_SECONDS = 1
+
+
+class Cluster(Protocol):
+    """The Kubernetes side of one ShopDatabaseCluster."""
+
+    def record(self, status: dict) -> None:
+        """Merge `status` into the cluster's status (raises when it could not)."""
+
+    def set_pod_labels(self, instance: str, labels: dict[str, str | None]) -> None:
+        """Set (None: remove) labels on the instance's pod; a missing pod is no error."""
+
+    def set_template_labels(self, instance: str, labels: dict[str, str | None]) -> None:
+        """The same on its StatefulSet's pod template, so a recreated pod gets them."""
+
+    def fence_pod(self, instance: str, grace_seconds: int | None, created_before: datetime.datetime) -> bool:
+        """Delete the instance's pod if it was created before `created_before` (a pod
+        recreated since the fence is already fenced); True when deleted."""
+
+    def event(self, type_: str, reason: str, message: str) -> None: ...
+
+
+class Databases(Protocol):
+    """The PostgreSQL side: instances by name."""
+
+    def promote(self, instance: str) -> bool:
+        """Promote if still a standby; True when it promoted now. Raises if it failed."""
+
+    def prepare_primary(self, instance: str, slots: list[str]) -> list[str]:
+        """CHECKPOINT (pg_rewind needs the new timeline in pg_control) and create the
+        replication slots the other instances stream with; returns slots created."""
+
+    def current_lsn(self, instance: str) -> int | None:
+        """A primary's write position; None when unreachable."""
+
+
+class Poolers(Protocol):
+    """Every PgBouncer of the cluster, through its admin console."""
+
+    def hold(self, database: str, graceful: bool) -> list[str]:
+        """Stop traffic to the old primary, holding new transactions in PgBouncer: PAUSE
+        when graceful (running transactions finish first), else KILL (server connections
+        to a dead or cut-off primary are dropped now). Returns the PgBouncers done."""
+
+    def release(self, database: str, graceful: bool) -> list[str]:
+        """Let held clients through to the new primary: RECONNECT + RESUME after a PAUSE,
+        RESUME after a KILL."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the executor needs to know about the cluster (all from spec and status)."""
+
+    topology: Topology  # as recorded before the failover started
+    spec: ClusterSpec
+    database: str  # PgBouncer's virtual database of the primary route
+    history: tuple = ()  # status.failoverHistory so far
+
+
+@dataclass
+class StepResult:
+    state: dict
+    step: str | None = None  # the step performed (None: nothing done)
+    waiting: str = ""  # why the next step cannot run yet
+    refusal: Refusal | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.state.get("phase") == decide.COMPLETED
+
+
+def run_step(state: dict, plan: Plan, observations: Mapping[str, Observation], cluster: Cluster,
+             databases: Databases, poolers: Poolers, now: datetime.datetime) -> StepResult:
+    step = decide.next_step(state)
+    if step is None:
+        return StepResult(state)
+    return _STEPS[step](state, plan, observations, cluster, databases, poolers, now)
+
+
+def _record(cluster: Cluster, state: dict, **extra) -> None:
+    cluster.record({"failover": state, **extra})
+
+
+def _refused(state: dict, refusal: Refusal, cluster: Cluster) -> StepResult:
+    already = (state.get("refusal") or {}).get("reason") == refusal.reason and state.get("phase") == decide.REFUSED
+    state = decide.refuse(state, refusal)
+    if not already:  # one Event per refusal reason, not one per check
+        _record(cluster, state)
+        cluster.event("Warning", refusal.reason, f"no promotion: {refusal.message}")
+    return StepResult(state, refusal=refusal)
+
+
+def _primary_lsn(state: dict, observations: Mapping[str, Observation]) -> int | None:
+    old = observations.get(state["from"])
+    known = [lsn for lsn in (state.get("primaryLSN"), old.current_lsn if old else None) if lsn is not None]
+    return max(known) if known else None
+
+
+def _choose(state, plan, observations, cluster, databases, poolers, now) -> StepResult:
+    target = state.get("to") if state.get("kind") == decide.SWITCHOVER else None
+    choice = decide.choose_candidate(observations, plan.topology, plan.spec, state["from"],
+                                     _primary_lsn(state, observations), target)
+    if isinstance(choice, Refusal):
+        return _refused(state, choice, cluster)
+    state = decide.mark_step(state, decide.CHOOSE, now, to=choice.name, lagBytes=choice.lag_bytes)
+    _record(cluster, state)
+    cluster.event("Normal", "FailoverCandidate",
+                  f"{state['kind']} {state['from']} -> {choice.name} ({state['reason']}); "
+                  f"candidate lag {choice.lag_bytes} bytes")
+    return StepResult(state, decide.CHOOSE)
+
+
+def _move_primary(state: dict, plan: Plan, cluster: Cluster) -> None:
+    """Record `to` as primary, so that every pod (re)created from now on starts with the
+    right role: instance.sh never starts the old primary writable once this is recorded."""
+    topology = {**plan.topology.to_status(), "currentPrimary": state["to"]}
+    _record(cluster, state, topology=topology, currentPrimary=state["to"])
+    for instance in plan.topology.instances:  # all of them: `to` may have changed in _promote
+        cluster.set_template_labels(instance.name, {LABEL_ROLE: PRIMARY if instance.name == state["to"] else REPLICA})
+
+
+def _fence(state, plan, observations, cluster, databases, poolers, now) -> StepResult:
+    old = state["from"]
+    switchover = state.get("kind") == decide.SWITCHOVER
+    # Clients wait in PgBouncer from now until the pgbouncer step (query_wait_timeout 30 s),
+    # and none keeps a server connection to the old primary.
+    extra: dict = {"heldPoolers": poolers.hold(plan.database, graceful=switchover)}
+    if switchover:
+        lsn = databases.current_lsn(old)
+        if lsn is not None:
+            extra["fenceLSN"] = lsn
+    _move_primary({**state, **extra}, plan, cluster)
+    cluster.set_pod_labels(old, {LABEL_ROLE: REPLICA})  # leaves -rw now
+    # Failover: killed after 1 s (0 would be a force delete, skipping the kubelet, and let
+    # the StatefulSet start a second pod beside one still running on a cut-off node).
+    # Switchover: the pod's own fast shutdown, which sends all WAL to the standbys first.
+    deleted = cluster.fence_pod(old, None if switchover else FENCE_GRACE_SECONDS,
+                                decide.parse_timestamp(state["startedAt"]))
+    state = decide.mark_step(state, decide.FENCE, now, **extra)
+    _record(cluster, state)
+    cluster.event("Warning" if not switchover else "Normal", "PrimaryFenced",
+                  f"{old} removed from the -rw Service and {'deleted' if deleted else 'already gone'}; "
+                  f"it restarts read-only and rejoins as a replica")
+    return StepResult(state, decide.FENCE)
+
+
+def _promote(state, plan, observations, cluster, databases, poolers, now) -> StepResult:
+    target = state["to"]
+    already = observations.get(target)
+    if already is None or not already.is_writable_primary:
+        pending = decide.drain_pending(state, observations, plan.topology, plan.spec)
+        if pending:
+            return StepResult(state, waiting=f"{', '.join(pending)} still stream from the fenced primary")
+        if state.get("kind") == decide.SWITCHOVER:
+            # Zero loss and no overlap: the old primary is down (its shutdown streamed all WAL
+            # to the connected standbys), the target's receiver let go, and it holds the LSN
+            # the old primary reported at the fence.
+            old = observations.get(state["from"])
+            if old is not None and old.reachable:
+                return StepResult(state, waiting=f"{state['from']} is still shutting down")
+            caught_up = already is not None and not already.streaming and already.wal_position is not None \
+                and already.wal_position >= state.get("fenceLSN", 0)
+            if not caught_up:
+                return StepResult(state, waiting=f"{target} has not received all WAL of {state['from']} yet")
+        else:
+            # Received LSNs are final now: choose again, the fence may have moved them.
+            choice = decide.choose_candidate(observations, plan.topology, plan.spec, state["from"],
+                                             _primary_lsn(state, observations))
+            if isinstance(choice, Refusal):
+                return _refused(state, choice, cluster)
+            if choice.name != target and choice.wal_position > (already.wal_position if already else -1):
+                state = {**state, "to": choice.name, "lagBytes": choice.lag_bytes}
+                _move_primary(state, plan, cluster)
+                cluster.event("Normal", "FailoverCandidate", f"{choice.name} is further ahead than {target}; "
+                                                             f"promoting it instead")
+                target = choice.name
+        databases.promote(target)
+    slots = [i.slot for i in plan.topology.instances if i.name != target]
+    created = databases.prepare_primary(target, slots)
+    state = decide.mark_step(state, decide.PROMOTE, now)
+    _record(cluster, state)
+    cluster.event("Normal", "Promoted", f"{target} promoted" + (f"; created slots {', '.join(created)}" if created else ""))
+    return StepResult(state, decide.PROMOTE)
+
+
+def _relabel(state, plan, observations, cluster, databases, poolers, now) -> StepResult:
+    cluster.set_pod_labels(state["from"], {LABEL_ROLE: REPLICA})
+    cluster.set_pod_labels(state["to"], {LABEL_ROLE: PRIMARY})  # -rw selects it from now on
+    state = decide.mark_step(state, decide.RELABEL, now)
+    _record(cluster, state)
+    cluster.event("Normal", "PrimaryMoved", f"{state['to']} is the primary; the -rw Service follows it")
+    return StepResult(state, decide.RELABEL)
+
+
+def _repoint(state, plan, observations, cluster, databases, poolers, now) -> StepResult:
+    """Standbys reach the primary through the -rw Service by name (primary_conninfo), so they
+    follow the relabel by themselves at their next reconnect: nothing to rewrite. A receiver
+    stuck on a dead connection cannot be restarted over SQL (pg_terminate_backend refuses
+    the walreceiver, and primary_conninfo is a command-line setting that a reload cannot
+    change), so it reconnects after wal_receiver_timeout. Recorded for the timings."""
+    others = {name: o for name, o in observations.items() if name not in (state["from"], state["to"])}
+    state = decide.mark_step(state, decide.REPOINT, now,
+                             streaming=sorted(n for n, o in others.items() if o.streaming),
+                             notStreaming=sorted(n for n, o in others.items() if not o.streaming))
+    _record(cluster, state)
+    return StepResult(state, decide.REPOINT)
+
+
+def _pgbouncer(state, plan, observations, cluster, databases, poolers, now) -> StepResult:
+    switchover = state.get("kind") == decide.SWITCHOVER
+    done = poolers.release(plan.database, graceful=switchover)
+    state = decide.complete(decide.mark_step(state, decide.PGBOUNCER, now, releasedPoolers=done), now)
+    cluster.record({"failover": state, "failoverHistory": decide.with_history(list(plan.history), state)})
+    cluster.event("Normal", "FailoverCompleted",
+                  f"{state['kind']} {state['from']} -> {state['to']} in {state['durationSeconds']} s "
+                  f"(steps: {decide.step_durations(state)}); PgBouncers released: {len(done)}")
+    return StepResult(state, decide.PGBOUNCER)
+
+
+_STEPS = {
+    decide.CHOOSE: _choose,
+    decide.FENCE: _fence,
+    decide.PROMOTE: _promote,
+    decide.RELABEL: _relabel,
+    decide.REPOINT: _repoint,
+    decide.PGBOUNCER: _pgbouncer,
+}
+
+
+def hand_off_routes(topology: Topology, moves: dict[str, str], cluster: Cluster) -> None:
+    """Move replica routes off the primary (decide.route_handoff): record, then relabel."""
+    if not moves:
+        return
+    routes = {**topology.routes, **moves}
+    cluster.record({"topology": {**topology.to_status(), "routes": dict(sorted(routes.items()))}})
+    for route, instance in sorted(moves.items()):
+        cluster.set_template_labels(instance, {route_label(route): "true"})
+        cluster.set_pod_labels(instance, {route_label(route): "true"})
+        cluster.set_template_labels(topology.primary, {route_label(route): None})
+        cluster.set_pod_labels(topology.primary, {route_label(route): None})
+        cluster.event("Normal", "RouteMoved", f"route {route} moved from the primary {topology.primary} to {instance}")

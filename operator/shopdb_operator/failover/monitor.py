@@ -1,0 +1,85 @@
+"""One health check: each instance as its pod and its PostgreSQL show it.
+
+Checks are bounded (1 s connect, 1 s statement) so a check of a whole cluster takes about
+a second even when every instance hangs; an unreachable pod costs no connection attempt.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable
+
+from .. import postgres
+from .decide import Observation
+
+CONNECT_TIMEOUT_SECONDS = 1
+STATEMENT_TIMEOUT_MS = 1000
+
+
+def pod_state(pod: dict | None) -> dict:
+    """The pod fields of an Observation: exists, deleting, container running, ready."""
+    if pod is None:
+        return {"pod_exists": False}
+    status = pod.get("status") or {}
+    containers = status.get("containerStatuses") or []
+    return {
+        "pod_exists": True,
+        "pod_deleting": bool(pod["metadata"].get("deletionTimestamp")),
+        "container_running": bool(containers) and all("running" in (c.get("state") or {}) for c in containers),
+        "pod_ready": any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []),
+    }
+
+
+def observe_sql(name: str, host: str | None, port: int, password: str, **pod_fields) -> Observation:
+    """Connect as superuser and read health(); a failure is recorded by class name only."""
+    if not host:
+        return Observation(name, error="NoAddress", **pod_fields)
+    try:
+        with postgres.connect(host=host, port=port, user="postgres", password=password, dbname="postgres",
+                              connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                              statement_timeout_ms=STATEMENT_TIMEOUT_MS) as conn:
+            health = postgres.health(conn)
+    except postgres.Error as err:
+        return Observation(name, error=type(err).__name__, **pod_fields)
+
+    def lsn(value: str | None) -> int | None:
+        return postgres.lsn_to_int(value) if value else None
+
+    return Observation(
+        name, reachable=True, in_recovery=health.in_recovery, current_lsn=lsn(health.current_lsn),
+        received_lsn=lsn(health.received_lsn), replayed_lsn=lsn(health.replayed_lsn),
+        streaming=health.receiver_status == "streaming", **pod_fields)
+
+
+def observe_all(targets: Iterable[tuple[str, str | None, int, dict]], password: str) -> dict[str, Observation]:
+    """Observe (name, host, port, pod fields) in parallel: one slow instance must not delay
+    the primary's check."""
+    targets = list(targets)
+    if not targets:
+        return {}
+    with ThreadPoolExecutor(max_workers=len(targets)) as pool:
+        results = pool.map(lambda t: observe_sql(t[0], t[1], t[2], password, **t[3]), targets)
+        return {o.name: o for o in results}
+
+
+def observation_status(observation: Observation, primary: str) -> dict:
+    """What status records per instance (no error text, no address)."""
+    def text(lsn: int | None) -> str | None:
+        return None if lsn is None else f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+    entry = {
+        "role": "primary" if observation.name == primary else "replica",
+        "reachable": observation.reachable,
+        "ready": observation.pod_ready,
+        "inRecovery": observation.in_recovery,
+        "streaming": observation.streaming,
+    }
+    if observation.current_lsn is not None:
+        entry["currentLSN"] = text(observation.current_lsn)
+    if observation.received_lsn is not None:
+        entry["receivedLSN"] = text(observation.received_lsn)
+    if observation.replayed_lsn is not None:
+        entry["replayedLSN"] = text(observation.replayed_lsn)
+    if observation.error:
+        entry["error"] = observation.error
+    return entry

@@ -1,0 +1,285 @@
+"""kopf wiring of failover: one daemon per ShopDatabaseCluster checks its instances every
+`failover.checkIntervalSeconds` and, while this operator replica holds the Lease, starts,
+resumes or refuses a failover or a requested switchover, one recorded step at a time.
+
+A daemon's `patch` is applied only when it returns, so status is written directly to the
+status subresource (adapters.KubeCluster.record). The daemon only waits on its stopper;
+each check runs in a worker thread (psycopg and the Kubernetes client block).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import functools
+import logging
+from dataclasses import dataclass, field
+
+import kopf
+
+from .. import GROUP, PLURAL, VERSION, postgres
+from ..api.spec import ClusterSpec
+from ..api.validate import InvalidSpec, parse_spec
+from ..builders.common import POSTGRES_PORT
+from ..builders.secrets import PGBOUNCER_CREDENTIAL, SUPERUSER_CREDENTIAL
+from ..failover import decide, execute, monitor
+from ..failover.adapters import (SWITCHOVER_ANNOTATION, KubeCluster, PgBouncerPoolers, SqlDatabases, database_pods,
+                                 pgbouncer_addresses, pod_address, secret_password)
+from ..kube.client import Kube, KubeError
+from ..kube.lease import Lease
+from ..status import set_condition
+from ..topology import Topology, plan_topology
+from .clients import kube
+from .locks import cluster_lock
+
+RESOURCE = (GROUP, VERSION, PLURAL)
+ANNOTATION_SWITCHOVER = SWITCHOVER_ANNOTATION
+FAILOVER_BLOCKED = "FailoverBlocked"
+HEALTH_REFRESH_SECONDS = 10  # status.health is rewritten at least this often, or on a change
+
+log = logging.getLogger(__name__)
+_lease: Lease | None = None
+
+
+def lease(kube: Kube) -> Lease:
+    global _lease
+    if _lease is None:
+        _lease = Lease(kube)
+    return _lease
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+@dataclass
+class Memory:
+    """What one daemon keeps between checks (lost on restart, by design: only the recorded
+    failover must survive; the failure count starts over)."""
+
+    tracker: decide.HealthTracker = field(default_factory=decide.HealthTracker)
+    health_summary: object = None
+    health_written: datetime.datetime | None = None
+    warned_unhealthy: bool = False
+    recorded_primary: str | None = None  # what a failover recorded; the live body may lag
+
+
+@dataclass
+class Check:
+    """One cluster at one moment: parsed spec, recorded topology, observations."""
+
+    name: str
+    namespace: str
+    spec: ClusterSpec
+    status: dict
+    annotations: dict
+    topology: Topology
+    observations: dict[str, decide.Observation]
+    pods: dict[str, dict]
+    generation: int | None = None
+
+
+def observe(kube: Kube, name: str, namespace: str, spec: ClusterSpec, status: dict, annotations: dict,
+            password: str) -> Check:
+    topology = plan_topology(name, spec, status.get("topology"))
+    pods = database_pods(kube, namespace, name)
+    targets = []
+    for instance in topology.instances:
+        pod = pods.get(instance.name)
+        address = pod_address(pod)
+        targets.append((instance.name, address[0] if address else None, POSTGRES_PORT, monitor.pod_state(pod)))
+    return Check(name, namespace, spec, status, annotations, topology, monitor.observe_all(targets, password), pods)
+
+
+def health_status(check: Check, tracker: decide.HealthTracker) -> dict:
+    primary = check.topology.primary
+    reference = tracker.last_lsn
+    instances = {}
+    for name, observation in sorted(check.observations.items()):
+        entry = monitor.observation_status(observation, primary)
+        if reference is not None and name != primary and observation.wal_position is not None:
+            entry["lagBytes"] = max(0, reference - observation.wal_position)
+        instances[name] = entry
+    return {"primary": primary, "consecutiveFailures": tracker.failures, "instances": instances}
+
+
+def _summary(health: dict) -> tuple:
+    """What makes a health record worth writing now (LSNs move all the time)."""
+    return (health["primary"], health["consecutiveFailures"],
+            tuple((n, i["reachable"], i["ready"], i["inRecovery"], i["streaming"]) for n, i in health["instances"].items()))
+
+
+class Actor:
+    """Everything that acts on one cluster during one check."""
+
+    def __init__(self, kube: Kube, check: Check, password: str, post_event):
+        self.kube, self.check = kube, check
+        self.cluster = KubeCluster(kube, check.namespace, check.name, post_event)
+        self.databases = SqlDatabases(lambda inst: self._address(kube, inst), password)
+
+    @functools.cached_property
+    def poolers(self) -> PgBouncerPoolers:
+        """Read only when a failover runs: the admin password is not needed for checks."""
+        namespace, name = self.check.namespace, self.check.name
+        password = secret_password(self.kube, namespace, f"{name}-{PGBOUNCER_CREDENTIAL.suffix}") or ""
+        return PgBouncerPoolers(lambda: pgbouncer_addresses(self.kube, namespace, name), password)
+
+    def _address(self, kube: Kube, instance: str):
+        return pod_address(kube.get("v1", "Pod", self.check.namespace, f"{instance}-0"))
+
+    def plan(self) -> execute.Plan:
+        return execute.Plan(self.check.topology, self.check.spec, self.check.spec.postgres.database,
+                            tuple(self.check.status.get("failoverHistory") or ()))
+
+    def set_blocked(self, refusal: decide.Refusal | None) -> None:
+        conditions = self.check.status.get("conditions")
+        current = next((c for c in conditions or [] if c.get("type") == FAILOVER_BLOCKED), None)
+        blocked = refusal is not None
+        reason = refusal.reason if refusal else "NotBlocked"
+        if current and current.get("status") == str(blocked) and current.get("reason") == reason:
+            return
+        conditions = set_condition(conditions, FAILOVER_BLOCKED, blocked, reason, refusal.message if refusal else "",
+                                   self.check.generation, decide.timestamp(_now()))
+        self.cluster.record({"conditions": conditions})
+        self.check.status["conditions"] = conditions
+
+
+def run_failover(kube: Kube, actor: Actor, state: dict, name: str, namespace: str, password: str,
+                 logger) -> dict:
+    """Run steps while they make progress (a whole failover usually fits in one check)."""
+    check = actor.check
+    for _ in decide.STEPS:
+        result = execute.run_step(state, actor.plan(), check.observations, actor.cluster, actor.databases,
+                                  actor.poolers, _now())
+        state = result.state
+        if result.refusal is not None:
+            if state.get("kind") == decide.SWITCHOVER and decide.FENCE not in state.get("steps", {}):
+                actor.cluster.record({"failover": state})  # a refused request ends here
+            actor.set_blocked(result.refusal)
+            return state
+        if result.waiting:
+            logger.info("failover of %s/%s waits: %s", namespace, name, result.waiting)
+            return state
+        if result.step is None or result.completed:
+            break
+        generation = check.generation
+        check = observe(kube, name, namespace, check.spec, check.status, check.annotations, password)
+        check.generation = generation
+        actor.check = check
+    actor.set_blocked(None)
+    return state
+
+
+def _remember_primary(memory: Memory, state: dict) -> None:
+    if decide.FENCE in (state.get("steps") or {}):
+        memory.recorded_primary = state["to"]
+
+
+def check_cluster(kube: Kube, memory: Memory, name: str, namespace: str, body: dict, post_event, logger) -> None:
+    """One check: observe, record health, and (holding the Lease) start or resume a failover."""
+    status = dict(body.get("status") or {})
+    if "applied" not in status:
+        return  # not created yet
+    try:
+        spec = parse_spec(dict(body.get("spec") or {}))
+    except InvalidSpec:
+        return
+    password = secret_password(kube, namespace, f"{name}-{SUPERUSER_CREDENTIAL.suffix}")
+    if not password:
+        raise kopf.TemporaryError("the superuser Secret is not there yet", delay=5)
+    if memory.recorded_primary and status.get("currentPrimary") != memory.recorded_primary:
+        return  # our own status write has not reached kopf's view yet: do not judge a stale primary
+    memory.recorded_primary = None
+    annotations = dict((body.get("metadata") or {}).get("annotations") or {})
+    check = observe(kube, name, namespace, spec, status, annotations, password)
+    check.generation = (body.get("metadata") or {}).get("generation")
+    primary = check.topology.primary
+    if not decide.nothing_reachable(check.observations):
+        memory.tracker = memory.tracker.record(primary, check.observations.get(primary))
+    if not lease(kube).held():
+        return  # another operator replica acts (and records) for this cluster
+    actor = Actor(kube, check, password, post_event)
+
+    now = _now()
+    health = health_status(check, memory.tracker)
+    if (_summary(health) != memory.health_summary or memory.health_written is None
+            or (now - memory.health_written).total_seconds() >= HEALTH_REFRESH_SECONDS):
+        health["checkedAt"] = decide.timestamp(now)
+        actor.cluster.record({"health": health})
+        memory.health_summary, memory.health_written = _summary(health), now
+
+    state = status.get("failover")
+    if decide.is_running(state) and decide.should_cancel(state, memory.tracker.failures == 0):
+        actor.cluster.record({"failover": decide.cancel(state, now)})
+        actor.set_blocked(None)
+        post_event("Normal", "FailoverCancelled", f"{primary} answers as a writable primary again")
+        return
+    if decide.is_running(state):
+        _remember_primary(memory, run_failover(kube, actor, state, name, namespace, password, logger))
+        return
+
+    target = annotations.get(ANNOTATION_SWITCHOVER)
+    if target:
+        # Consumed once recorded: a refused or finished request is not repeated.
+        kube.merge_patch(f"{GROUP}/{VERSION}", "ShopDatabaseCluster", namespace, name,
+                         {"metadata": {"annotations": {ANNOTATION_SWITCHOVER: None}}})
+        if target != primary:
+            state = decide.start(decide.SWITCHOVER, primary, f"switchover to {target} requested", now, target)
+            _remember_primary(memory, run_failover(kube, actor, state, name, namespace, password, logger))
+        return
+
+    if memory.tracker.should_fail_over(spec.failover.failure_threshold):
+        old = check.observations.get(primary)
+        why = f"primary {primary} failed {memory.tracker.failures} consecutive checks ({old.error if old and old.error else 'not a writable primary'})"
+        if not spec.failover.enabled:
+            if not memory.warned_unhealthy:
+                post_event("Warning", "PrimaryUnhealthy", f"{why}; failover.enabled is false, nothing is done")
+                memory.warned_unhealthy = True
+            return
+        state = decide.start(decide.FAILOVER, primary, why, now)
+        if memory.tracker.last_lsn is not None:
+            state["primaryLSN"] = memory.tracker.last_lsn
+        post_event("Warning", "FailoverStarted", why)
+        _remember_primary(memory, run_failover(kube, actor, state, name, namespace, password, logger))
+        memory.tracker = decide.HealthTracker()
+        return
+    memory.warned_unhealthy = False
+
+    moves = decide.route_handoff(check.topology, check.observations, preferred=(state or {}).get("from"))
+    execute.hand_off_routes(check.topology, moves, actor.cluster)
+
+
+def locked_check(memory: Memory, name: str, namespace: str, body: dict, post_event, logger) -> None:
+    with cluster_lock(namespace, name):
+        check_cluster(kube(), memory, name, namespace, body, post_event, logger)
+
+
+@kopf.daemon(*RESOURCE, cancellation_timeout=10)
+async def failover_daemon(name, namespace, body, stopped, logger, **_) -> None:
+    """Checks until the cluster is deleted or the operator stops; `body` is kopf's live view.
+
+    Async on purpose: a sync daemon would hold one of kopf's few executor threads for its
+    whole life (one per cluster); each check borrows a thread only while it runs.
+    """
+    memory = Memory()
+
+    def post_event(type_: str, reason: str, message: str) -> None:
+        kopf.event(body, type=type_, reason=reason, message=message)
+
+    while not stopped:
+        interval = 2
+        try:
+            interval = parse_spec(dict(body.get("spec") or {})).failover.check_interval_seconds
+        except InvalidSpec:
+            pass
+        try:
+            await asyncio.to_thread(locked_check, memory, name, namespace, body, post_event, logger)
+        except kopf.TemporaryError as err:
+            logger.info("failover check of %s/%s: %s", namespace, name, err)
+        except KubeError as err:
+            logger.warning("failover check of %s/%s: the API server refused: %s", namespace, name, err)
+        except (postgres.Error, RuntimeError) as err:  # a step failed: resumed at the next check
+            logger.warning("failover step of %s/%s failed: %s", namespace, name, type(err).__name__)
+        except Exception:  # a bug must not stop the checks of this cluster for kopf's backoff
+            logger.exception("failover check of %s/%s failed", namespace, name)
+        await stopped.wait(interval)
