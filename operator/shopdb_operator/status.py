@@ -4,7 +4,6 @@ from __future__ import annotations
 
 READY = "Ready"
 RECONCILED = "Reconciled"
-DEGRADED = "Degraded"
 
 PHASE_CREATING = "Creating"
 PHASE_READY = "Ready"

@@ -8,7 +8,6 @@ import json
 from dataclasses import dataclass
 
 from .. import GROUP, KIND, VERSION
-from ..api.quantity import to_bytes
 from ..api.spec import ClusterSpec, ComputeResources
 from ..topology import Topology
 
@@ -17,7 +16,6 @@ LABEL_INSTANCE = f"{GROUP}/instance"
 LABEL_ROLE = f"{GROUP}/role"
 LABEL_PROMOTABLE = f"{GROUP}/promotable"
 LABEL_ROUTE_PREFIX = f"{GROUP}/route-"
-ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
 COMPONENT = "app.kubernetes.io/component"
 OPERATOR_POD_LABELS = {"app.kubernetes.io/name": "shopdb-operator"}
 
@@ -164,7 +162,3 @@ def content_hash(*parts: object) -> str:
     """A short stable hash; put on pod templates so a config change rolls the pods."""
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def mebibytes(quantity: str) -> int:
-    return to_bytes(quantity) // (1024 * 1024)
