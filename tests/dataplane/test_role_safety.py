@@ -96,7 +96,7 @@ def test_killed_primary_recovers_its_committed_writes_and_the_replica_resumes(pa
 
 
 def test_stop_script_shuts_down_fast_despite_open_client_connections(pair):
-    """The preStop hook: a smart shutdown (SIGTERM) would wait for PgBouncer's connections."""
+    """stop.sh shuts down fast: a smart shutdown (SIGTERM) would wait for PgBouncer's connections."""
     a, b = pair
     client = b.connect()  # an idle pooled server connection
     started = time.monotonic()

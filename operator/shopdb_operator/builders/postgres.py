@@ -33,7 +33,6 @@ SCRIPTS_MOUNT = "/etc/shopdb/scripts"
 INIT_MOUNT = "/etc/shopdb/init"
 ANNOTATION_CONFIG_HASH = "shopdb.io/config-hash"
 ANALYTICS_READY_MAX_LAG_BYTES = 64 * 1024 ** 3
-STOP_TIMEOUT_SECONDS = 50  # inside the pod's 60 s grace period
 
 
 def scripts_config_map_name(ctx: ClusterContext) -> str:
@@ -188,9 +187,6 @@ def instance_statefulset(ctx: ClusterContext, instance: Instance) -> dict:
                                    _startup_failure_threshold(storage.size)),
         "readinessProbe": exec_probe(["bash", f"{SCRIPTS_MOUNT}/probe.sh", "ready"], 5, 5, 3),
         "livenessProbe": exec_probe(["bash", f"{SCRIPTS_MOUNT}/probe.sh", "live"], 10, 5, 6),
-        # SIGTERM would be a smart shutdown, waiting on PgBouncer's connections until killed
-        "lifecycle": {"preStop": {"exec": {"command": ["bash", f"{SCRIPTS_MOUNT}/stop.sh",
-                                                         str(STOP_TIMEOUT_SECONDS)]}}},
     }
     claim = {
         "metadata": {"name": "data", "labels": selector(ctx, POSTGRES, **{LABEL_INSTANCE: instance.name})},
@@ -221,6 +217,8 @@ def instance_statefulset(ctx: ClusterContext, instance: Instance) -> dict:
                 "spec": {
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
+                    # The image's STOPSIGNAL SIGINT (official and local images) is a fast
+                    # shutdown. No preStop hook: it dies with PID 1 and reports a failure.
                     "terminationGracePeriodSeconds": 60,
                     "securityContext": pod_security_context(POSTGRES_UID),
                     "affinity": soft_anti_affinity(selector(ctx, POSTGRES)),

@@ -6,7 +6,7 @@
 # and a former primary is rewound (or re-cloned) before it starts.
 #
 # PID 1 becomes postgres. SIGTERM is a smart shutdown, which waits for PgBouncer's server
-# connections forever; stop.sh (preStop hook) or a SIGINT stop signal makes it a fast one.
+# connections forever; the image's STOPSIGNAL SIGINT (or stop.sh) makes it a fast one.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 

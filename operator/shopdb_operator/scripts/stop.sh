@@ -1,5 +1,5 @@
 #!/bin/bash
-# preStop hook: a fast shutdown (disconnect clients, checkpoint, let replicas receive the
+# A fast shutdown on demand (disconnect clients, checkpoint, let replicas receive the
 # last WAL) instead of the smart shutdown SIGTERM means, which waits for PgBouncer forever.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
