@@ -63,6 +63,11 @@ def test_example_cluster_becomes_ready(kubectl, shop):
             continue
         assert pod["status"]["phase"] == "Running", pod["metadata"]["name"]
         assert all(c["ready"] for c in pod["status"]["containerStatuses"]), pod["metadata"]["name"]
+    # replication lag, as the failover monitor measures it, reaches status and the Lag column
+    lagged = wait_for(lambda: (s := cluster_status(kubectl, shop)).get("maxLagBytes") is not None and s,
+                      120, "replication lag in status")
+    replicas = [i for i in lagged["instances"] if i["name"] != "shop-1"]
+    assert all(isinstance(i.get("lagBytes"), int) for i in replicas), replicas
     kubectl("-n", shop, "rollout", "status", "deployment/shop-pgbouncer", "--timeout=120s", timeout=150)
     kubectl("-n", shop, "rollout", "status", "deployment/shop-redis", "--timeout=120s", timeout=150)
 

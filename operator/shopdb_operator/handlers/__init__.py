@@ -99,7 +99,7 @@ def keep_in_sync(name, namespace, uid, logger, **_) -> None:
         except InvalidSpec:
             return  # the condition set by reconcile() already says why
         rec.apply_objects(kube(), ctx, rec.desired_objects(ctx))
-        observed = rec.observed_status(kube(), ctx)
+        observed = rec.observed_status(kube(), ctx, status.get("health"))
         conditions = set_condition(status.get("conditions"), READY, observed["allReady"],
                                    "AllInstancesReady" if observed["allReady"] else "InstancesNotReady",
                                    f"{observed['readyInstances']} instances ready", generation, _now())

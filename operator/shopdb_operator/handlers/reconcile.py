@@ -6,7 +6,6 @@ it to kopf's create/update/resume handlers and timer.
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import secrets
@@ -14,10 +13,9 @@ from dataclasses import dataclass, field
 
 from ..api.validate import InvalidSpec, applied_record, parse_spec, unsafe_change_problems
 from ..builders import ClusterContext, desired_objects
-from ..builders.common import LABEL_CLUSTER, LABEL_INSTANCE, LABEL_ROLE, POSTGRES
-from ..builders.common import POSTGRES_PORT
-from ..builders.secrets import CREDENTIALS, SUPERUSER, SUPERUSER_CREDENTIAL, credential_secret
-from .. import postgres
+from ..builders.common import LABEL_CLUSTER, LABEL_ROLE
+from ..builders.secrets import CREDENTIALS, credential_secret
+from ..failover.adapters import database_pods
 from ..kube.client import Kube, KubeError
 from ..status import summarize_instances
 from ..topology import plan_topology
@@ -142,38 +140,11 @@ def reconcile(kube: Kube, name: str, namespace: str, uid: str, spec_raw: dict | 
     return outcome
 
 
-def _database_pods(kube: Kube, ctx: ClusterContext) -> dict[str, dict]:
-    selector = {LABEL_CLUSTER: ctx.name, "app.kubernetes.io/component": POSTGRES}
-    return {p["metadata"]["labels"].get(LABEL_INSTANCE): p for p in kube.list("v1", "Pod", ctx.namespace, selector)}
-
-
-def superuser_password(kube: Kube, ctx: ClusterContext) -> str | None:
-    secret = kube.get("v1", "Secret", ctx.namespace, SUPERUSER_CREDENTIAL.secret_name(ctx))
-    if not secret or "password" not in (secret.get("data") or {}):
-        return None
-    return base64.b64decode(secret["data"]["password"]).decode()
-
-
-def observe_lag(kube: Kube, ctx: ClusterContext, pods: dict[str, dict]) -> dict[str, int | None]:
-    """Replay lag of each replica as the primary reports it; empty when the primary is
-    unreachable (the operator outside the cluster, or the primary down)."""
-    ip = (pods.get(ctx.topology.primary) or {}).get("status", {}).get("podIP")
-    password = superuser_password(kube, ctx) if ip else None
-    if not ip or not password:
-        return {}
-    try:
-        with postgres.connect(host=ip, port=POSTGRES_PORT, user=SUPERUSER, password=password,
-                              dbname="postgres", connect_timeout=3, statement_timeout_ms=3000) as conn:
-            return postgres.replication_lag(conn)
-    except postgres.Error as err:
-        log.info("replication lag of %s/%s not observed: %s", ctx.namespace, ctx.name, type(err).__name__)
-        return {}
-
-
-def observe_instances(kube: Kube, ctx: ClusterContext) -> list[dict]:
-    """Each instance as its pod shows it (role label, readiness) and its replication lag."""
-    pods = _database_pods(kube, ctx)
-    lag = observe_lag(kube, ctx, pods)
+def observe_instances(kube: Kube, ctx: ClusterContext, health: dict | None) -> list[dict]:
+    """Each instance as its pod shows it (role label, readiness), with the replication lag
+    the failover monitor measured (status.health): no second connection for the same number."""
+    pods = database_pods(kube, ctx.namespace, ctx.name)
+    measured = (health or {}).get("instances") or {}
     observed = []
     for instance in ctx.topology.instances:
         pod = pods.get(instance.name)
@@ -188,13 +159,13 @@ def observe_instances(kube: Kube, ctx: ClusterContext) -> list[dict]:
             "promotable": instance.promotable,
             "routes": ctx.topology.routes_of(instance.name),
         })
-        if instance.name in lag and lag[instance.name] is not None:
-            observed[-1]["lagBytes"] = lag[instance.name]
+        if "lagBytes" in measured.get(instance.name, {}):
+            observed[-1]["lagBytes"] = measured[instance.name]["lagBytes"]
     return observed
 
 
-def observed_status(kube: Kube, ctx: ClusterContext) -> dict:
-    instances = observe_instances(kube, ctx)
+def observed_status(kube: Kube, ctx: ClusterContext, health: dict | None) -> dict:
+    instances = observe_instances(kube, ctx, health)
     ready, phase, all_ready = summarize_instances(instances)
     lags = [i["lagBytes"] for i in instances if "lagBytes" in i]
     return {"instances": instances, "readyInstances": ready, "phase": phase, "allReady": all_ready,

@@ -153,16 +153,6 @@ def reload_configuration(conn: psycopg.Connection) -> None:
     conn.execute("SELECT pg_reload_conf()")
 
 
-def replication_lag(conn: psycopg.Connection) -> dict[str, int | None]:
-    """On a primary: each connected standby (by application_name) -> bytes its replay is
-    behind the primary's current WAL position (None before it replayed anything)."""
-    rows = conn.execute(
-        "SELECT application_name, pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint "
-        "FROM pg_stat_replication"
-    ).fetchall()
-    return {name: (int(lag) if lag is not None else None) for name, lag in rows}
-
-
 # --- failover ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
