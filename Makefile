@@ -1,5 +1,5 @@
 # The two commands of README: `make demo` and `make test`.
-.PHONY: demo test unit dataplane e2e generate
+.PHONY: demo test unit dataplane e2e bench generate
 
 demo:
 	bash tests/demo.sh
@@ -15,6 +15,9 @@ dataplane:
 
 e2e:
 	bash tests/run.sh tests/e2e
+
+bench:
+	"$$(bash tests/bootstrap.sh)" tests/bench/failover.py --runs 5
 
 generate:
 	"$$(bash tests/bootstrap.sh)" -m shopdb_operator.api.generate

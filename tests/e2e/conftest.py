@@ -179,3 +179,14 @@ def namespace(kubectl, request) -> str:
         time.sleep(0.5)
     yield name
     kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.fixture(scope="module")
+def operator(kubectl, images):
+    """The operator installed from crds/ and manifests/ (as users do), running the image of
+    this checkout; removed at the end of the module (the Helm tests install their own)."""
+    from support import install_operator
+
+    install_operator(kubectl, images)
+    yield
+    kubectl("delete", "-f", str(REPO / "manifests"), "--ignore-not-found", "--wait=true", check=False, timeout=300)

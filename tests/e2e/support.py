@@ -40,14 +40,30 @@ def is_local_cluster(kubectl) -> bool:
     return kubectl.kubeconfig == LOCAL_KUBECONFIG
 
 
+_operator_image_built = False
+
+
 def build_operator_image(kubectl) -> None:
-    """On the local cluster, the operator image is built from this checkout."""
-    if not is_local_cluster(kubectl):
+    """On the local cluster, the operator image is built from this checkout (once a session)."""
+    global _operator_image_built
+    if not is_local_cluster(kubectl) or _operator_image_built:
         return  # kind or another cluster: the image was loaded by the caller
     localkube = REPO / "tests" / "cluster" / "localkube"
     proc = subprocess.run([str(localkube), "image", "operator", str(REPO)], capture_output=True, text=True,
                           timeout=1800)
     assert proc.returncode == 0, f"building the operator image failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    _operator_image_built = True
+
+
+def install_operator(kubectl, images) -> None:
+    """crds/ and manifests/ applied as users do, running the operator image of this checkout."""
+    build_operator_image(kubectl)
+    kubectl("apply", "-f", str(REPO / "crds"), "-f", str(REPO / "manifests"))
+    kubectl("-n", OPERATOR_NAMESPACE, "set", "image", "deployment/shopdb-operator", f"operator={images.operator}")
+    kubectl("-n", OPERATOR_NAMESPACE, "set", "env", "deployment/shopdb-operator",
+            f"SHOPDB_OPERATOR_IMAGE={images.operator}")
+    kubectl("-n", OPERATOR_NAMESPACE, "rollout", "status", "deployment/shopdb-operator", "--timeout=300s",
+            timeout=330)
 
 
 def helm_binary() -> str:

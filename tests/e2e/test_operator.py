@@ -13,26 +13,11 @@ import time
 import pytest
 import yaml
 
-from support import (OPERATOR_NAMESPACE, REPO, apply_schema_config_map, build_operator_image,
-                     cluster_status, example_cluster, psql, psql_remote, secret_value, wait_for)
+from support import (apply_schema_config_map, cluster_status, example_cluster, psql, psql_remote, secret_value, wait_for)
 
 pytestmark = pytest.mark.e2e
 
 READY_TIMEOUT = 600
-
-
-@pytest.fixture(scope="module")
-def operator(kubectl, images):
-    """The operator installed from crds/ and manifests/, running the image of this checkout."""
-    build_operator_image(kubectl)
-    kubectl("apply", "-f", str(REPO / "crds"), "-f", str(REPO / "manifests"))
-    kubectl("-n", OPERATOR_NAMESPACE, "set", "image", "deployment/shopdb-operator", f"operator={images.operator}")
-    kubectl("-n", OPERATOR_NAMESPACE, "set", "env", "deployment/shopdb-operator",
-            f"SHOPDB_OPERATOR_IMAGE={images.operator}")
-    kubectl("-n", OPERATOR_NAMESPACE, "rollout", "status", "deployment/shopdb-operator", "--timeout=300s",
-            timeout=330)
-    yield
-    kubectl("delete", "-f", str(REPO / "manifests"), "--ignore-not-found", "--wait=true", check=False, timeout=300)
 
 
 @pytest.fixture(scope="module")

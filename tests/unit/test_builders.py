@@ -219,3 +219,14 @@ def test_analytics_readiness_ignores_replay_lag(ctx):
     assert "lifecycle" not in container  # the image's STOPSIGNAL makes the shutdown fast
     search = instance_statefulset(ctx, ctx.topology.instance("shop-2"))
     assert env_of(search["spec"]["template"]["spec"]["containers"][0])["SHOPDB_READY_MAX_LAG_BYTES"] == str(16 * 1024 * 1024)
+
+
+def test_a_restarting_primary_holds_for_the_failover_window_only_when_failover_is_on():
+    def hold(spec):
+        ctx = make_context(spec)
+        sts = instance_statefulset(ctx, ctx.topology.instance("shop-1"))
+        return env_of(sts["spec"]["template"]["spec"]["containers"][0])["SHOPDB_PRIMARY_START_HOLD_SECONDS"]
+
+    assert hold({}) == "6"
+    assert hold({"failover": {"checkIntervalSeconds": 5, "failureThreshold": 4}}) == "20"
+    assert hold({"failover": {"enabled": False}}) == "0"

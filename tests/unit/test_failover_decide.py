@@ -3,6 +3,7 @@ analytics exclusion, the recorded step order and the route hand-off."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 
 import pytest
@@ -76,6 +77,50 @@ def test_a_blip_resets_the_count_and_keeps_the_last_lsn():
 ])
 def test_every_kind_of_failure_counts(observation):
     assert HealthTracker().record("shop-1", observation).failures == 1
+
+
+def seen(observation: Observation, incarnation: str = "uid-1/0", **changes) -> Observation:
+    return dataclasses.replace(observation, incarnation=incarnation, container_running=True, **changes)
+
+
+@pytest.mark.parametrize("failure, why", [
+    (Observation("shop-1", pod_exists=False, error="NoAddress"), "its pod is gone"),
+    (Observation("shop-1", pod_exists=True, pod_deleting=True, container_running=True, incarnation="uid-1/0",
+                 reachable=True, in_recovery=False), "its pod is being deleted"),
+    (Observation("shop-1", pod_exists=True, container_running=False, incarnation="uid-1/0",
+                 error="OperationalError"), "its container is not running"),
+    (Observation("shop-1", pod_exists=True, container_running=True, incarnation="uid-1/1",
+                 error="OperationalError"), "it restarted"),
+    (Observation("shop-1", pod_exists=True, container_running=True, incarnation="uid-2/0",
+                 error="OperationalError"), "it restarted"),
+    (Observation("shop-1", pod_exists=True, container_running=True, incarnation="uid-1/0",
+                 error=decide.CONNECTION_REFUSED), "nothing listens on its PostgreSQL port"),
+])
+def test_a_primary_that_is_certainly_down_fails_over_at_once(failure, why):
+    tracker = HealthTracker().record("shop-1", seen(healthy_primary()))
+    tracker = tracker.record("shop-1", failure)
+    assert tracker.down == why and tracker.should_fail_over(3)
+
+
+def test_an_unanswering_primary_whose_container_runs_on_waits_for_the_threshold():
+    tracker = HealthTracker().record("shop-1", seen(healthy_primary()))
+    tracker = tracker.record("shop-1", seen(dead("shop-1")))
+    assert not tracker.down and not tracker.should_fail_over(3)
+    tracker = tracker.record("shop-1", seen(dead("shop-1"))).record("shop-1", seen(dead("shop-1")))
+    assert not tracker.down and tracker.should_fail_over(3)
+
+
+def test_a_primary_never_seen_healthy_is_never_down_at_once():
+    """A starting operator or a cluster being created: only the threshold applies."""
+    tracker = HealthTracker().record("shop-1", Observation("shop-1", pod_exists=False))
+    assert not tracker.down and not tracker.should_fail_over(3)
+
+
+def test_a_restart_that_is_healthy_again_by_the_next_check_is_no_failure():
+    tracker = HealthTracker().record("shop-1", seen(healthy_primary()))
+    tracker = tracker.record("shop-1", seen(healthy_primary(), incarnation="uid-1/1"))
+    assert tracker.failures == 0 and not tracker.down
+    assert tracker.healthy_incarnation == "uid-1/1"
 
 
 def test_a_check_that_reaches_no_instance_says_nothing_about_the_primary():
@@ -285,3 +330,8 @@ def test_route_moves_from_the_promoted_instance_to_the_streaming_former_primary(
 
 def test_no_route_moves_when_none_is_on_the_primary():
     assert decide.route_handoff(topology(), obs(standby("shop-2", 1, streaming=True))) == {}
+
+
+def test_phases_are_the_documented_strings():
+    assert (decide.RUNNING, decide.COMPLETED, decide.REFUSED, decide.CANCELLED) == (
+        "Running", "Completed", "Refused", "Cancelled")

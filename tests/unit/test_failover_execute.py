@@ -110,7 +110,8 @@ def test_a_whole_failover_one_step_per_call(fakes):
     state, steps = run_all(decide.start(decide.FAILOVER, "shop-1", "down", T0), after_crash(), fakes)
     assert steps == list(decide.STEPS)
     assert state["phase"] == decide.COMPLETED and state["to"] == "shop-3"
-    assert cluster.deleted == [("shop-1", execute.FENCE_GRACE_SECONDS)]  # killed, not a graceful stop
+    # killed, not a graceful stop; analytics (ahead of shop-3) restarts to rewind
+    assert cluster.deleted == [("shop-1", execute.FENCE_GRACE_SECONDS), ("shop-analytics", None)]
     assert databases.promoted == ["shop-3"]
     assert databases.prepared == [("shop-3", ["shop_1", "shop_2", "shop_analytics"])]
     assert cluster.pod_labels["shop-1"]["shopdb.io/role"] == "replica"
@@ -122,7 +123,7 @@ def test_a_whole_failover_one_step_per_call(fakes):
     assert poolers.calls == [("kill", "shop"), ("resume", "shop")]
     assert cluster.status["failoverHistory"][-1]["to"] == "shop-3"
     assert [e[1] for e in cluster.events] == ["FailoverCandidate", "PrimaryFenced", "Promoted", "PrimaryMoved",
-                                              "FailoverCompleted"]
+                                              "ReplicaRewinding", "FailoverCompleted"]
 
 
 def test_the_new_primary_is_recorded_and_the_old_one_relabeled_before_its_pod_is_deleted(fakes):
@@ -148,7 +149,8 @@ def test_resumes_at_each_recorded_step(fakes, done):
     assert steps == list(decide.STEPS[done:])
     assert final["phase"] == decide.COMPLETED
     cluster, databases, poolers = fakes
-    assert (cluster.deleted != []) == (done <= decide.STEPS.index(decide.FENCE))
+    fenced = [d for d in cluster.deleted if d[0] == "shop-1"]
+    assert (fenced != []) == (done <= decide.STEPS.index(decide.FENCE))
     assert (databases.promoted != []) == (done <= decide.STEPS.index(decide.PROMOTE))
     held = [("kill", "shop")] if done <= decide.STEPS.index(decide.FENCE) else []
     assert poolers.calls == held + [("resume", "shop")]
@@ -244,3 +246,27 @@ def test_route_handoff_records_then_moves_the_labels(fakes):
     assert cluster.pod_labels["shop-2"] == {"shopdb.io/route-search": None}
     assert cluster.template_labels["shop-2"] == {"shopdb.io/route-search": None}
     assert cluster.log[0].startswith("record:")
+
+
+def test_a_fenced_primary_that_still_answers_writable_is_waited_for(fakes):
+    """No two writable instances: the promotion waits until the fence took effect."""
+    cluster, databases, poolers = fakes
+    state = decide.start(decide.FAILOVER, "shop-1", "down", T0)
+    observations = after_crash()
+    for i, step in enumerate((decide.CHOOSE, decide.FENCE), start=1):
+        state = execute.run_step(state, plan(), observations, cluster, databases, poolers, at(i)).state
+    still_up = {**observations, "shop-1": Observation("shop-1", pod_exists=True, pod_deleting=True, reachable=True,
+                                                      in_recovery=False)}
+    result = execute.run_step(state, plan(), still_up, cluster, databases, poolers, at(3))
+    assert result.waiting == "shop-1 still answers as a writable primary" and databases.promoted == []
+    result = execute.run_step(state, plan(), observations, cluster, databases, poolers, at(4))
+    assert result.step == decide.PROMOTE and databases.promoted == ["shop-3"]
+
+
+def test_a_standby_past_the_fork_is_restarted_to_rewind(fakes):
+    """after_crash(): analytics (1200) is ahead of the promoted shop-3 (1000), shop-2 behind."""
+    cluster = fakes[0]
+    state, _ = run_all(decide.start(decide.FAILOVER, "shop-1", "down", T0), after_crash(), fakes)
+    assert state["forkLSN"] == 1000 and state["rewound"] == ["shop-analytics"]
+    assert cluster.deleted == [("shop-1", execute.FENCE_GRACE_SECONDS), ("shop-analytics", None)]
+    assert "ReplicaRewinding" in [e[1] for e in cluster.events]

@@ -112,7 +112,8 @@ def world(monkeypatch):
 
 
 def kill_primary(world):
-    world["obs"]["shop-1"] = Observation("shop-1", error="OperationalError")
+    """Unanswering while its container runs (a hang): the threshold applies."""
+    world["obs"]["shop-1"] = Observation("shop-1", pod_exists=True, container_running=True, error="OperationalError")
     for name in ("shop-2", "shop-3"):
         world["obs"][name] = Observation(name, reachable=True, in_recovery=True,
                                          received_lsn=world["obs"][name].received_lsn)

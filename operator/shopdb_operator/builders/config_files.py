@@ -225,9 +225,11 @@ def pgbouncer_ini(
         "server_check_delay": "10",
         "server_lifetime": "3600",
         "server_idle_timeout": "300",
-        # Fail fast and retry soon, so a failover costs seconds, not the 15 s defaults.
-        "server_connect_timeout": "5",
-        "server_login_retry": "2",
+        # Fail fast and retry soon, so a failover costs seconds, not the 15 s defaults: for a
+        # moment after a failover the -rw address may still lead to the vanished old
+        # primary's pod (kube-proxy catching up), where a handshake never completes.
+        "server_connect_timeout": "2",
+        "server_login_retry": "1",
         "query_wait_timeout": "30",
         "client_login_timeout": "30",
         "idle_transaction_timeout": "600",

@@ -99,6 +99,14 @@ def readiness_lag_bound(ctx: ClusterContext, instance: Instance) -> int:
     return ANALYTICS_READY_MAX_LAG_BYTES if instance.analytics else ctx.spec.failover.max_lag_bytes
 
 
+def primary_start_hold_seconds(ctx: ClusterContext) -> int:
+    """How long a recorded primary restarting on its data waits before it starts (instance.sh):
+    the failover window, so a crashed primary never comes back writable beside the replica
+    the operator is promoting. 0 when failover is off: nobody would take over."""
+    failover = ctx.spec.failover
+    return failover.check_interval_seconds * failover.failure_threshold if failover.enabled else 0
+
+
 def _env(ctx: ClusterContext, instance: Instance) -> list[dict]:
     peers = [i.slot for i in ctx.topology.instances if i.name != instance.name]
     plain = {
@@ -117,6 +125,7 @@ def _env(ctx: ClusterContext, instance: Instance) -> list[dict]:
         "SHOPDB_REPLICATION_USER": REPLICATION_USER,
         "SHOPDB_READY_MAX_LAG_BYTES": str(readiness_lag_bound(ctx, instance)),
         "SHOPDB_ANALYTICS": str(instance.analytics).lower(),
+        "SHOPDB_PRIMARY_START_HOLD_SECONDS": str(primary_start_hold_seconds(ctx)),
     }
     env = [{"name": k, "value": v} for k, v in plain.items()]
     env += [

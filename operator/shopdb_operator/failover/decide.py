@@ -31,6 +31,7 @@ SYNC_UNPROVEN = "SynchronousCommitsNotProven"
 TARGET_NOT_ELIGIBLE = "SwitchoverTargetNotEligible"
 
 HISTORY_LENGTH = 10
+CONNECTION_REFUSED = "ConnectionRefused"  # Observation.error when the TCP handshake was refused
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,20 @@ class Observation:
     replayed_lsn: int | None = None
     streaming: bool = False  # a standby's walreceiver is streaming now
     error: str = ""  # the failure's class name, never its text (it may quote a DSN)
+    incarnation: str = ""  # pod uid and container restarts: changes when the server restarted
+
+    @property
+    def down(self) -> str:
+        """Why the instance is certainly down right now (not merely slow to answer), or ""."""
+        if not self.pod_exists:
+            return "its pod is gone"
+        if self.pod_deleting:
+            return "its pod is being deleted"
+        if not self.container_running:
+            return "its container is not running"
+        if self.error == CONNECTION_REFUSED:
+            return "nothing listens on its PostgreSQL port"
+        return ""
 
     @property
     def is_writable_primary(self) -> bool:
@@ -67,27 +82,41 @@ class Observation:
 
 @dataclass(frozen=True)
 class HealthTracker:
-    """Consecutive failed checks of the recorded primary.
+    """Failed checks of the recorded primary, and whether it is certainly down.
 
-    One rule for every kind of failure (refused connection, timeout, in recovery, pod
-    deleting, container not running): a container restart or a pod moving by itself looks
-    the same as a crash for one check, and promoting on one check would turn a few-second
-    blip into a failover. The threshold (3 x 2 s by default) bounds detection to ~6 s.
+    Two kinds of failure:
+    - The primary does not answer as a writable primary while its container runs (refused
+      connection, timeout, in recovery): a network blip or a busy server looks the same for
+      one check, so failover waits for `threshold` consecutive failures (3 x 2 s by default).
+    - The primary seen healthy before is certainly down: its pod is gone or being deleted,
+      its container stopped or restarted since, or nothing listens on its port (the
+      postmaster is gone: the kubelet reports the container's exit only a second or two
+      later). Waiting cannot help, and a standby is ready
+      to take over in a second: failover starts at once (CloudNativePG's rule, with its
+      default failoverDelay 0). Only after a healthy check by this tracker, so that a
+      starting operator or a cluster being created never fails over on it.
     """
 
     primary: str = ""
     failures: int = 0
     last_lsn: int | None = None  # the primary's last reported write position
+    healthy_incarnation: str | None = None  # the primary's incarnation at its last healthy check
+    down: str = ""  # why the primary is certainly down, "" when it may be a blip
 
     def record(self, primary: str, observation: Observation | None) -> "HealthTracker":
         tracker = self if primary == self.primary else HealthTracker(primary=primary)
         if observation is not None and observation.is_writable_primary:
             lsn = observation.current_lsn if observation.current_lsn is not None else tracker.last_lsn
-            return replace(tracker, failures=0, last_lsn=lsn)
-        return replace(tracker, failures=tracker.failures + 1)
+            return replace(tracker, failures=0, last_lsn=lsn, healthy_incarnation=observation.incarnation, down="")
+        down = ""
+        if observation is not None and tracker.healthy_incarnation is not None:
+            down = observation.down
+            if not down and observation.incarnation and observation.incarnation != tracker.healthy_incarnation:
+                down = "it restarted"
+        return replace(tracker, failures=tracker.failures + 1, down=down)
 
     def should_fail_over(self, threshold: int) -> bool:
-        return self.failures >= threshold
+        return bool(self.down) or self.failures >= threshold
 
 
 def nothing_reachable(observations: Mapping[str, Observation]) -> bool:

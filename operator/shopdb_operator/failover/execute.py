@@ -150,12 +150,15 @@ def _fence(state, plan, observations, cluster, databases, poolers, now) -> StepR
         if lsn is not None:
             extra["fenceLSN"] = lsn
     _move_primary({**state, **extra}, plan, cluster)
+    # A pod created before the templates changed may have started with role=primary (its
+    # role is read at container start): it goes, whenever it was created. Creation times
+    # have whole seconds, so one created just after the change may go too (harmless).
+    templates_changed = datetime.datetime.now(datetime.timezone.utc)
     cluster.set_pod_labels(old, {LABEL_ROLE: REPLICA})  # leaves -rw now
     # Failover: killed after 1 s (0 would be a force delete, skipping the kubelet, and let
     # the StatefulSet start a second pod beside one still running on a cut-off node).
     # Switchover: the pod's own fast shutdown, which sends all WAL to the standbys first.
-    deleted = cluster.fence_pod(old, None if switchover else FENCE_GRACE_SECONDS,
-                                decide.parse_timestamp(state["startedAt"]))
+    deleted = cluster.fence_pod(old, None if switchover else FENCE_GRACE_SECONDS, templates_changed)
     state = decide.mark_step(state, decide.FENCE, now, **extra)
     _record(cluster, state)
     cluster.event("Warning" if not switchover else "Normal", "PrimaryFenced",
@@ -183,6 +186,11 @@ def _promote(state, plan, observations, cluster, databases, poolers, now) -> Ste
             if not caught_up:
                 return StepResult(state, waiting=f"{target} has not received all WAL of {state['from']} yet")
         else:
+            # No overlap: the fenced primary (killed within FENCE_GRACE_SECONDS) must stop
+            # answering as writable first. One the operator cannot reach is not waited for.
+            old = observations.get(state["from"])
+            if old is not None and old.reachable and old.in_recovery is False:
+                return StepResult(state, waiting=f"{state['from']} still answers as a writable primary")
             # Received LSNs are final now: choose again, the fence may have moved them.
             choice = decide.choose_candidate(observations, plan.topology, plan.spec, state["from"],
                                              _primary_lsn(state, observations))
@@ -194,6 +202,10 @@ def _promote(state, plan, observations, cluster, databases, poolers, now) -> Ste
                 cluster.event("Normal", "FailoverCandidate", f"{choice.name} is further ahead than {target}; "
                                                              f"promoting it instead")
                 target = choice.name
+                already = observations.get(target)
+        if already is not None and already.wal_position is not None:
+            # Where the new timeline forks: the end of the WAL the standby holds.
+            state = {**state, "forkLSN": already.wal_position}
         databases.promote(target)
     slots = [i.slot for i in plan.topology.instances if i.name != target]
     created = databases.prepare_primary(target, slots)
@@ -217,12 +229,25 @@ def _repoint(state, plan, observations, cluster, databases, poolers, now) -> Ste
     follow the relabel by themselves at their next reconnect: nothing to rewrite. A receiver
     stuck on a dead connection cannot be restarted over SQL (pg_terminate_backend refuses
     the walreceiver, and primary_conninfo is a command-line setting that a reload cannot
-    change), so it reconnects after wal_receiver_timeout. Recorded for the timings."""
+    change), so it reconnects after wal_receiver_timeout.
+
+    A standby that holds WAL past the fork (the analytics replica, or one excluded from the
+    choice, further ahead than the promoted one) can never follow the new timeline: its pod
+    is restarted, and instance.sh rewinds it to the fork at start."""
     others = {name: o for name, o in observations.items() if name not in (state["from"], state["to"])}
+    fork = state.get("forkLSN")
+    diverged = sorted(n for n, o in others.items()
+                      if fork is not None and not o.streaming and o.wal_position is not None and o.wal_position > fork)
+    for name in diverged:
+        cluster.fence_pod(name, None, now)
     state = decide.mark_step(state, decide.REPOINT, now,
                              streaming=sorted(n for n, o in others.items() if o.streaming),
-                             notStreaming=sorted(n for n, o in others.items() if not o.streaming))
+                             notStreaming=sorted(n for n, o in others.items() if not o.streaming),
+                             rewound=diverged)
     _record(cluster, state)
+    if diverged:
+        cluster.event("Normal", "ReplicaRewinding", f"{', '.join(diverged)} received WAL past the fork of the new "
+                                                     f"timeline: restarted to rewind")
     return StepResult(state, decide.REPOINT)
 
 

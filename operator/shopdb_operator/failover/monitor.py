@@ -1,19 +1,22 @@
 """One health check: each instance as its pod and its PostgreSQL show it.
 
-Checks are bounded (1 s connect, 1 s statement) so a check of a whole cluster takes about
-a second even when every instance hangs; an unreachable pod costs no connection attempt.
+Checks are bounded (0.5 s for the TCP handshake, 2 s connect, 2 s statement), in parallel,
+so a check of a whole cluster takes at most a few seconds even when every instance hangs,
+and half a second when one has vanished.
 """
 
 from __future__ import annotations
 
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
 
 from .. import postgres
-from .decide import Observation
+from .decide import CONNECTION_REFUSED, Observation
 
-CONNECT_TIMEOUT_SECONDS = 1
-STATEMENT_TIMEOUT_MS = 1000
+CONNECT_TIMEOUT_SECONDS = 2  # libpq's minimum
+PORT_CHECK_SECONDS = 0.5
+STATEMENT_TIMEOUT_MS = 2000
 
 
 def pod_state(pod: dict | None) -> dict:
@@ -22,18 +25,38 @@ def pod_state(pod: dict | None) -> dict:
         return {"pod_exists": False}
     status = pod.get("status") or {}
     containers = status.get("containerStatuses") or []
+    restarts = sum(int(c.get("restartCount") or 0) for c in containers)
     return {
         "pod_exists": True,
+        "incarnation": f"{pod['metadata'].get('uid', '')}/{restarts}",
         "pod_deleting": bool(pod["metadata"].get("deletionTimestamp")),
         "container_running": bool(containers) and all("running" in (c.get("state") or {}) for c in containers),
         "pod_ready": any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []),
     }
 
 
+def tcp_check(host: str, port: int) -> str:
+    """"" when a TCP handshake succeeds within PORT_CHECK_SECONDS, else why not.
+
+    Done before libpq connects: libpq raises any connect_timeout below 2 s to 2 s, and the
+    address of a pod that just went away answers nothing at all. A refused handshake means
+    no server listens there (the postmaster is gone), which a network blip never produces."""
+    try:
+        socket.create_connection((host, port), timeout=PORT_CHECK_SECONDS).close()
+        return ""
+    except ConnectionRefusedError:
+        return CONNECTION_REFUSED
+    except OSError:
+        return "Unreachable"
+
+
 def observe_sql(name: str, host: str | None, port: int, password: str, **pod_fields) -> Observation:
     """Connect as superuser and read health(); a failure is recorded by class name only."""
     if not host:
         return Observation(name, error="NoAddress", **pod_fields)
+    problem = tcp_check(host, port)
+    if problem:
+        return Observation(name, error=problem, **pod_fields)
     try:
         with postgres.connect(host=host, port=port, user="postgres", password=password, dbname="postgres",
                               connect_timeout=CONNECT_TIMEOUT_SECONDS,
@@ -74,12 +97,10 @@ def observation_status(observation: Observation, primary: str) -> dict:
         "inRecovery": observation.in_recovery,
         "streaming": observation.streaming,
     }
-    if observation.current_lsn is not None:
-        entry["currentLSN"] = text(observation.current_lsn)
-    if observation.received_lsn is not None:
-        entry["receivedLSN"] = text(observation.received_lsn)
-    if observation.replayed_lsn is not None:
-        entry["replayedLSN"] = text(observation.replayed_lsn)
-    if observation.error:
-        entry["error"] = observation.error
+    # Every key, None when unknown: status is merge-patched, and an absent key would keep
+    # the value of an earlier check (None removes it).
+    entry["currentLSN"] = text(observation.current_lsn)
+    entry["receivedLSN"] = text(observation.received_lsn)
+    entry["replayedLSN"] = text(observation.replayed_lsn)
+    entry["error"] = observation.error or None
     return entry

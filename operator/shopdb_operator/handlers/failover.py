@@ -13,6 +13,8 @@ import asyncio
 import datetime
 import functools
 import logging
+import os
+import time
 from dataclasses import dataclass, field
 
 import kopf
@@ -35,6 +37,9 @@ from .locks import cluster_lock
 RESOURCE = (GROUP, VERSION, PLURAL)
 ANNOTATION_SWITCHOVER = SWITCHOVER_ANNOTATION
 FAILOVER_BLOCKED = "FailoverBlocked"
+HOLD_AFTER_STEP_ENV = "SHOPDB_TEST_HOLD_AFTER_STEP"  # tests only: see _hold_for_a_test
+WAIT_IN_CHECK_SECONDS = 3  # a failover step that waits is re-tried within one check this long
+WAIT_POLL_SECONDS = 0.25
 HEALTH_REFRESH_SECONDS = 10  # status.health is rewritten at least this often, or on a change
 
 log = logging.getLogger(__name__)
@@ -97,6 +102,7 @@ def health_status(check: Check, tracker: decide.HealthTracker) -> dict:
     instances = {}
     for name, observation in sorted(check.observations.items()):
         entry = monitor.observation_status(observation, primary)
+        entry["lagBytes"] = None
         if reference is not None and name != primary and observation.wal_position is not None:
             entry["lagBytes"] = max(0, reference - observation.wal_position)
         instances[name] = entry
@@ -146,9 +152,15 @@ class Actor:
 
 def run_failover(kube: Kube, actor: Actor, state: dict, name: str, namespace: str, password: str,
                  logger) -> dict:
-    """Run steps while they make progress (a whole failover usually fits in one check)."""
+    """Run steps while they make progress (a whole failover usually fits in one check).
+
+    A step that waits (the fenced primary still shutting down, a standby still streaming
+    from it) is looked at again every WAIT_POLL_SECONDS for up to WAIT_IN_CHECK_SECONDS,
+    rather than at the next check: those waits usually last well under a second.
+    """
     check = actor.check
-    for _ in decide.STEPS:
+    deadline = time.monotonic() + WAIT_IN_CHECK_SECONDS
+    for _ in range(len(decide.STEPS) + int(WAIT_IN_CHECK_SECONDS / WAIT_POLL_SECONDS)):
         result = execute.run_step(state, actor.plan(), check.observations, actor.cluster, actor.databases,
                                   actor.poolers, _now())
         state = result.state
@@ -157,10 +169,14 @@ def run_failover(kube: Kube, actor: Actor, state: dict, name: str, namespace: st
                 actor.cluster.record({"failover": state})  # a refused request ends here
             actor.set_blocked(result.refusal)
             return state
+        if result.step and result.step == os.environ.get(HOLD_AFTER_STEP_ENV):
+            _hold_for_a_test(result.step, logger)
         if result.waiting:
-            logger.info("failover of %s/%s waits: %s", namespace, name, result.waiting)
-            return state
-        if result.step is None or result.completed:
+            if time.monotonic() >= deadline:
+                logger.info("failover of %s/%s waits: %s", namespace, name, result.waiting)
+                return state
+            time.sleep(WAIT_POLL_SECONDS)
+        elif result.step is None or result.completed:
             break
         generation = check.generation
         check = observe(kube, name, namespace, check.spec, check.status, check.annotations, password)
@@ -168,6 +184,22 @@ def run_failover(kube: Kube, actor: Actor, state: dict, name: str, namespace: st
         actor.check = check
     actor.set_blocked(None)
     return state
+
+
+def begin(actor: Actor) -> None:
+    """Clear the previous failover's record before a new one is recorded: status is written
+    with merge patches, which would otherwise merge the new steps into the old ones (and a
+    resumed failover would skip steps it never ran)."""
+    actor.cluster.record({"failover": None})
+
+
+def _hold_for_a_test(step: str, logger) -> None:
+    """Fault injection for the e2e test of an operator killed halfway through a failover:
+    the test kills this replica for real while it holds here, with that step recorded
+    (an exact moment cannot be hit from outside: a whole failover takes about a second)."""
+    logger.warning("%s=%s: holding after the recorded step until this process is killed", HOLD_AFTER_STEP_ENV, step)
+    while True:
+        time.sleep(3600)
 
 
 def _remember_primary(memory: Memory, state: dict) -> None:
@@ -225,12 +257,17 @@ def check_cluster(kube: Kube, memory: Memory, name: str, namespace: str, body: d
                          {"metadata": {"annotations": {ANNOTATION_SWITCHOVER: None}}})
         if target != primary:
             state = decide.start(decide.SWITCHOVER, primary, f"switchover to {target} requested", now, target)
+            begin(actor)
             _remember_primary(memory, run_failover(kube, actor, state, name, namespace, password, logger))
         return
 
     if memory.tracker.should_fail_over(spec.failover.failure_threshold):
         old = check.observations.get(primary)
-        why = f"primary {primary} failed {memory.tracker.failures} consecutive checks ({old.error if old and old.error else 'not a writable primary'})"
+        if memory.tracker.down:
+            why = f"primary {primary} is down: {memory.tracker.down}"
+        else:
+            why = (f"primary {primary} failed {memory.tracker.failures} consecutive checks "
+                   f"({old.error if old and old.error else 'not a writable primary'})")
         if not spec.failover.enabled:
             if not memory.warned_unhealthy:
                 post_event("Warning", "PrimaryUnhealthy", f"{why}; failover.enabled is false, nothing is done")
@@ -240,6 +277,7 @@ def check_cluster(kube: Kube, memory: Memory, name: str, namespace: str, body: d
         if memory.tracker.last_lsn is not None:
             state["primaryLSN"] = memory.tracker.last_lsn
         post_event("Warning", "FailoverStarted", why)
+        begin(actor)
         _remember_primary(memory, run_failover(kube, actor, state, name, namespace, password, logger))
         memory.tracker = decide.HealthTracker()
         return

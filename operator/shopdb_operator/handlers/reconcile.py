@@ -159,7 +159,7 @@ def observe_instances(kube: Kube, ctx: ClusterContext, health: dict | None) -> l
             "promotable": instance.promotable,
             "routes": ctx.topology.routes_of(instance.name),
         })
-        if "lagBytes" in measured.get(instance.name, {}):
+        if measured.get(instance.name, {}).get("lagBytes") is not None:
             observed[-1]["lagBytes"] = measured[instance.name]["lagBytes"]
     return observed
 

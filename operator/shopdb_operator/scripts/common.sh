@@ -44,8 +44,11 @@ pgpass_field() {
 }
 
 # libpq connection string to the recorded primary as `user`.
+# tcp_user_timeout bounds the TCP handshake too: the walreceiver ignores connect_timeout,
+# and right after a failover the -rw address may still lead to the vanished old primary's
+# pod for a moment (kube-proxy catching up), where a SYN waits for minutes otherwise.
 primary_conninfo() {
-    printf 'host=%s port=%s user=%s dbname=%s connect_timeout=%s application_name=%s' \
+    printf 'host=%s port=%s user=%s dbname=%s connect_timeout=%s tcp_user_timeout=5000 application_name=%s' \
         "$SHOPDB_PRIMARY_HOST" "$SHOPDB_PRIMARY_PORT" "$1" "${2:-postgres}" \
         "$PGCONNECT_TIMEOUT" "${SHOPDB_INSTANCE:-shopdb}"
 }

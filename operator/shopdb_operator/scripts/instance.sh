@@ -142,6 +142,19 @@ start_as_primary() {
     stop_private_server "$PGDATA"
 }
 
+# A recorded primary that starts again on its existing data (its server crashed, its
+# container restarted, or its pod was deleted) stays down for the operator's failover
+# window first: the operator, which saw it go down, promotes a replica meanwhile and fences
+# this pod, so it never becomes writable beside the new primary. When no failover comes
+# (failover off, refused, or no operator), it starts in place after the hold.
+hold_before_primary_start() {
+    local hold="${SHOPDB_PRIMARY_START_HOLD_SECONDS:-0}"
+    [[ "$hold" =~ ^[0-9]+$ ]] || die "invalid SHOPDB_PRIMARY_START_HOLD_SECONDS '$hold'"
+    ((hold > 0)) || return 0
+    log "recorded primary restarting on existing data: holding ${hold}s for the operator's failover decision"
+    sleep "$hold"
+}
+
 wait_for_primary() {
     local deadline=$((SECONDS + SHOPDB_PRIMARY_WAIT_SECONDS)) state
     while true; do
@@ -265,7 +278,7 @@ main() {
 
     local role="${SHOPDB_ROLE:-}"
     if [[ "$role" == primary ]]; then
-        if has_data "$PGDATA"; then start_as_primary; else bootstrap_primary; fi
+        if has_data "$PGDATA"; then hold_before_primary_start; start_as_primary; else bootstrap_primary; fi
     else
         [[ "$role" == replica ]] || log "recorded role '${role}' is neither primary nor replica: starting read-only"
         if ! has_data "$PGDATA"; then

@@ -1,0 +1,135 @@
+"""Failover benchmark on the local cluster: N failovers under continuous writes through
+PgBouncer, with, for each and as median and maximum:
+
+- detect:  from the fault to the operator starting the failover (status.failover.startedAt)
+- promote: from the fault to the promote step recorded (the new primary is writable)
+- done:    from the fault to the failover completed (PgBouncer released)
+- RTO:     from the fault to the first acknowledged write through PgBouncer after it
+           (the longest gap between two acknowledged writes)
+- RPO:     acknowledged writes missing afterwards
+- rejoin:  from the fault to every instance (the old primary too) streaming again
+
+Numbers, not a test: it asserts nothing. Usage (as root, for the local cluster):
+
+    make bench                                   # 5 deleted primary pods
+    python tests/bench/failover.py --runs 5 --fault container
+    SHOPDB_KUBECONFIG=... python tests/bench/failover.py   # an existing cluster routed to this host
+
+Brings the local cluster up if it is not (and down again at the end), installs the
+operator from this checkout, and creates a cluster in namespace `bench-failover`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "e2e"))
+
+import yaml  # noqa: E402
+
+from conftest import LOCAL_KUBECONFIG, LOCALKUBE, Images, Kubectl  # noqa: E402
+from load import ClusterView  # noqa: E402
+from support import apply_schema_config_map, example_cluster, install_operator, wait_for  # noqa: E402
+
+NAMESPACE = "bench-failover"
+INSTANCES = ["shop-1", "shop-2", "shop-3", "shop-analytics"]
+
+
+def wall(status_time: str) -> float:
+    return datetime.datetime.fromisoformat(status_time.replace("Z", "+00:00")).timestamp()
+
+
+def ensure_cluster() -> tuple[str, bool]:
+    explicit = os.environ.get("SHOPDB_KUBECONFIG")
+    if explicit:
+        return explicit, False
+    if subprocess.run([str(LOCALKUBE), "status"], capture_output=True).returncode == 0:
+        return LOCAL_KUBECONFIG, False
+    subprocess.run([str(LOCALKUBE), "build"], check=True, stdout=sys.stderr)
+    subprocess.run([str(LOCALKUBE), "up"], check=True, stdout=subprocess.DEVNULL)
+    return LOCAL_KUBECONFIG, True
+
+
+def create_cluster(kubectl: Kubectl, images: Images) -> ClusterView:
+    kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", timeout=300)
+    kubectl("create", "namespace", NAMESPACE)
+    apply_schema_config_map(kubectl, NAMESPACE)
+    kubectl.apply(yaml.safe_dump(example_cluster(images, NAMESPACE)))
+    wait_for(lambda: (kubectl.json("-n", NAMESPACE, "get", "sdc", "shop").get("status") or {}).get("phase")
+             == "Ready", 600, "the cluster to become Ready", interval=5)
+    view = ClusterView(kubectl.kubeconfig, NAMESPACE)
+    wait_for(lambda: view.all_replicas_stream(INSTANCES), 300, "every replica streaming")
+    return view
+
+
+def one_failover(kubectl: Kubectl, view: ClusterView, fault: str, run: int) -> dict:
+    before, old = len(view.history()), view.primary()
+    writer = view.writer(f"bench-{int(time.time())}-{run}").start()
+    try:
+        wait_for(lambda: len(writer.acked) >= 20, 60, "writes before the fault", interval=0.2)
+        time.sleep(1)
+        fault_wall, fault_mono = time.time(), time.monotonic()
+        if fault == "pod":
+            kubectl("-n", NAMESPACE, "delete", "pod", f"{old}-0", "--wait=false")
+        else:
+            kubectl("-n", NAMESPACE, "exec", f"{old}-0", "-c", "postgres", "--", "bash", "-c", "kill -QUIT 1")
+        entry = wait_for(lambda: len(h := view.history()) > before and h[-1], 300, "the failover", interval=0.3)
+        done = time.monotonic()
+        wait_for(lambda: writer.acked_after(done) >= 20, 120, "writes after the failover", interval=0.2)
+        wait_for(lambda: view.all_replicas_stream(INSTANCES), 300, "every instance streaming", interval=0.5)
+        rejoin = time.monotonic() - fault_mono
+    finally:
+        writer.stop()
+    started = wall(entry["startedAt"])
+    steps = entry["stepSeconds"]
+    promote_at = started + sum(v for k, v in steps.items() if list(steps).index(k) <= list(steps).index("promote"))
+    times = [fault_mono] + [t for _, t in writer.acked if t > fault_mono]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    return {"from": old, "to": entry["to"], "detect": started - fault_wall, "promote": promote_at - fault_wall,
+            "done": wall(entry["finishedAt"]) - fault_wall, "rto": max(gaps) if gaps else float("nan"),
+            "rpo": len(writer.lost()), "errors": len(writer.failures), "rejoin": rejoin, "steps": steps}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--fault", choices=["pod", "container"], default="pod",
+                        help="delete the primary's pod, or kill its PostgreSQL (SIGQUIT to PID 1)")
+    parser.add_argument("--keep", action="store_true", help="keep the namespace (and a cluster brought up)")
+    args = parser.parse_args()
+
+    kubeconfig, started_cluster = ensure_cluster()
+    kubectl, images = Kubectl(kubeconfig), Images.from_env()
+    try:
+        install_operator(kubectl, images)
+        view = create_cluster(kubectl, images)
+        results = []
+        columns = ("detect", "promote", "done", "rto", "rpo", "errors", "rejoin")
+        print(f"{'run':>3} {'from':>8} {'to':>8} " + " ".join(f"{c:>8}" for c in columns) + "  steps (s)")
+        for run in range(1, args.runs + 1):
+            r = one_failover(kubectl, view, args.fault, run)
+            results.append(r)
+            print(f"{run:>3} {r['from']:>8} {r['to']:>8} "
+                  + " ".join(f"{r[c]:>8.2f}" if isinstance(r[c], float) else f"{r[c]:>8}" for c in columns)
+                  + "  " + json.dumps(r["steps"]), flush=True)
+        for name, pick in (("median", statistics.median), ("max", max)):
+            print(f"{name:>21} " + " ".join(f"{pick([r[c] for r in results]):>8.2f}" for c in columns))
+    finally:
+        if not args.keep:
+            kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=false", check=False)
+            if started_cluster:
+                subprocess.run([str(LOCALKUBE), "down"], capture_output=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

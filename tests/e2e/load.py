@@ -1,0 +1,228 @@
+"""Load and observation for failover tests and the failover benchmark.
+
+- Writer: one client inserting numbered rows through PgBouncer's primary route, as fast as
+  it can with a short pause, remembering every acknowledged (committed) id and every error.
+- Sampler: asks every database instance `pg_is_in_recovery()` in parallel, several times a
+  second, and remembers each moment when more than one answered as writable.
+
+Both reach the cluster by its own addresses (Service cluster IPs and pod IPs), which the
+local cluster (tests/cluster/localkube) routes to this host and nowhere else.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import psycopg
+
+POSTGRES_PORT = 5432
+PROBE_TABLE = "failover_probe"
+
+
+def _kubectl_json(kubeconfig: str, *args: str) -> dict:
+    proc = subprocess.run(["kubectl", "--kubeconfig", kubeconfig, *args, "-o", "json"], capture_output=True,
+                          text=True, timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
+    return json.loads(proc.stdout)
+
+
+def secret(kubeconfig: str, namespace: str, name: str) -> str:
+    data = _kubectl_json(kubeconfig, "-n", namespace, "get", "secret", name)["data"]
+    return base64.b64decode(data["password"]).decode()
+
+
+def service_ip(kubeconfig: str, namespace: str, name: str) -> str:
+    return _kubectl_json(kubeconfig, "-n", namespace, "get", "service", name)["spec"]["clusterIP"]
+
+
+def instance_addresses(kubeconfig: str, namespace: str, cluster: str) -> dict[str, str]:
+    """Instance name -> pod IP, for the database pods that have one and are not deleting."""
+    pods = _kubectl_json(kubeconfig, "-n", namespace, "get", "pods", "-l",
+                         f"shopdb.io/cluster={cluster},app.kubernetes.io/component=postgres")["items"]
+    return {p["metadata"]["labels"]["shopdb.io/instance"]: p["status"]["podIP"] for p in pods
+            if (p.get("status") or {}).get("podIP")}
+
+
+def query(host: str, password: str, sql: str, params=(), dbname: str = "postgres", user: str = "postgres",
+          timeout: int = 3) -> list[tuple]:
+    with psycopg.connect(host=host, port=POSTGRES_PORT, user=user, password=password, dbname=dbname,
+                         connect_timeout=timeout, autocommit=True, prepare_threshold=None) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+@dataclass
+class Writer:
+    """Inserts (run, id) rows through PgBouncer; an id counts as acknowledged once COMMIT
+    returned. A failed write is not retried (its outcome is unknown, and not counted)."""
+
+    host: str
+    password: str
+    run: str
+    dbname: str = "shop"
+    user: str = "shop"
+    pause: float = 0.02
+    acked: list[tuple[int, float]] = field(default_factory=list)
+    failures: list[tuple[float, str]] = field(default_factory=list)
+
+    def __post_init__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"writer-{self.run}", daemon=True)
+        self._next = 1
+
+    def prepare(self) -> None:
+        with self._connect() as conn:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {PROBE_TABLE} (run text, id bigint, at timestamptz "
+                         f"DEFAULT clock_timestamp(), PRIMARY KEY (run, id))")
+
+    def _connect(self):
+        # No server-side prepared statements through PgBouncer in transaction mode (README).
+        return psycopg.connect(host=self.host, port=POSTGRES_PORT, user=self.user, password=self.password,
+                               dbname=self.dbname, connect_timeout=5, autocommit=True, prepare_threshold=None)
+
+    def _loop(self) -> None:
+        conn = None
+        while not self._stop.is_set():
+            ident, self._next = self._next, self._next + 1
+            try:
+                if conn is None:
+                    conn = self._connect()
+                conn.execute(f"INSERT INTO {PROBE_TABLE} (run, id) VALUES (%s, %s)", (self.run, ident))
+                self.acked.append((ident, time.monotonic()))
+            except psycopg.Error as err:
+                self.failures.append((time.monotonic(), type(err).__name__))
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.1)
+            time.sleep(self.pause)
+        if conn is not None:
+            conn.close()
+
+    def start(self) -> "Writer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def acked_after(self, moment: float) -> int:
+        return sum(1 for _, t in self.acked if t > moment)
+
+    def first_ack_after(self, moment: float) -> float | None:
+        """Seconds from `moment` to the first acknowledged write after it."""
+        return next((t - moment for _, t in self.acked if t > moment), None)
+
+    def lost(self, host: str | None = None) -> list[int]:
+        """Acknowledged ids missing now (read through PgBouncer, or from `host`)."""
+        ids = [i for i, _ in self.acked]
+        rows = query(host or self.host, self.password, f"SELECT id FROM {PROBE_TABLE} WHERE run = %s",
+                     (self.run,), dbname=self.dbname, user=self.user, timeout=10)
+        present = {r[0] for r in rows}
+        return [i for i in ids if i not in present]
+
+
+@dataclass
+class Sampler:
+    """Who answers as writable, sampled every `interval` seconds across all instances at once."""
+
+    kubeconfig: str
+    namespace: str
+    cluster: str
+    password: str
+    interval: float = 0.25
+    samples: int = 0
+    overlaps: list[tuple[float, list[str]]] = field(default_factory=list)
+    writable_seen: set[str] = field(default_factory=set)
+
+    def __post_init__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sampler", daemon=True)
+
+    def _writable(self, address: str) -> bool:
+        try:
+            with psycopg.connect(host=address, port=POSTGRES_PORT, user="postgres", password=self.password,
+                                 dbname="postgres", connect_timeout=1, autocommit=True) as conn:
+                return conn.execute("SELECT NOT pg_is_in_recovery()").fetchone()[0]
+        except psycopg.Error:
+            return False
+
+    def _loop(self) -> None:
+        addresses: dict[str, str] = {}
+        refreshed = 0.0
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            while not self._stop.is_set():
+                if time.monotonic() - refreshed > 1:
+                    try:
+                        addresses = instance_addresses(self.kubeconfig, self.namespace, self.cluster)
+                        refreshed = time.monotonic()
+                    except (RuntimeError, subprocess.TimeoutExpired):
+                        pass
+                names = sorted(addresses)
+                answers = list(pool.map(self._writable, [addresses[n] for n in names]))
+                writable = [n for n, w in zip(names, answers) if w]
+                self.samples += 1
+                self.writable_seen.update(writable)
+                if len(writable) > 1:
+                    self.overlaps.append((time.monotonic(), writable))
+                self._stop.wait(self.interval)
+
+    def start(self) -> "Sampler":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+class ClusterView:
+    """A ShopDatabaseCluster as the failover tests see it: status, and SQL on its instances."""
+
+    def __init__(self, kubeconfig: str, namespace: str, name: str = "shop"):
+        self.kubeconfig, self.namespace, self.name = kubeconfig, namespace, name
+        self.superuser = secret(kubeconfig, namespace, f"{name}-superuser")
+        self.app = secret(kubeconfig, namespace, f"{name}-app")
+        self.pgbouncer = service_ip(kubeconfig, namespace, f"{name}-pgbouncer")
+
+    def status(self) -> dict:
+        return _kubectl_json(self.kubeconfig, "-n", self.namespace, "get", "sdc", self.name).get("status") or {}
+
+    def primary(self) -> str:
+        return self.status()["currentPrimary"]
+
+    def history(self) -> list[dict]:
+        return self.status().get("failoverHistory") or []
+
+    def sql(self, instance: str, statement: str, params=()) -> list[tuple]:
+        address = instance_addresses(self.kubeconfig, self.namespace, self.name).get(instance)
+        if address is None:
+            raise psycopg.OperationalError(f"{instance} has no pod address")
+        return query(address, self.superuser, statement, params)
+
+    def writer(self, run: str) -> Writer:
+        writer = Writer(self.pgbouncer, self.app, run)
+        writer.prepare()
+        return writer
+
+    def sampler(self) -> Sampler:
+        return Sampler(self.kubeconfig, self.namespace, self.name, self.superuser)
+
+    def streaming_replicas(self) -> set[str]:
+        """Instances streaming from the recorded primary, as the primary reports them."""
+        rows = self.sql(self.primary(), "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'")
+        return {r[0] for r in rows}
+
+    def all_replicas_stream(self, instances: list[str]) -> bool:
+        try:
+            primary = self.primary()
+            return set(instances) - {primary} <= self.streaming_replicas()
+        except (psycopg.Error, KeyError, RuntimeError):
+            return False
