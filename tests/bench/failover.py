@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE.parent / "e2e"))
 import yaml  # noqa: E402
 
 from conftest import LOCAL_KUBECONFIG, LOCALKUBE, Images, Kubectl  # noqa: E402
-from load import ClusterView  # noqa: E402
+from load import ClusterView, fail_over_under_load  # noqa: E402
 from support import apply_schema_config_map, example_cluster, install_operator, wait_for  # noqa: E402
 
 NAMESPACE = "bench-failover"
@@ -72,31 +72,21 @@ def create_cluster(kubectl: Kubectl, images: Images) -> ClusterView:
 
 
 def one_failover(kubectl: Kubectl, view: ClusterView, fault: str, run: int) -> dict:
-    before, old = len(view.history()), view.primary()
-    writer = view.writer(f"bench-{int(time.time())}-{run}").start()
-    try:
-        wait_for(lambda: len(writer.acked) >= 20, 60, "writes before the fault", interval=0.2)
-        time.sleep(1)
-        fault_wall, fault_mono = time.time(), time.monotonic()
+    def inject(old: str) -> None:
         if fault == "pod":
             kubectl("-n", NAMESPACE, "delete", "pod", f"{old}-0", "--wait=false")
         else:
             kubectl("-n", NAMESPACE, "exec", f"{old}-0", "-c", "postgres", "--", "bash", "-c", "kill -QUIT 1")
-        entry = wait_for(lambda: len(h := view.history()) > before and h[-1], 300, "the failover", interval=0.3)
-        done = time.monotonic()
-        wait_for(lambda: writer.acked_after(done) >= 20, 120, "writes after the failover", interval=0.2)
-        wait_for(lambda: view.all_replicas_stream(INSTANCES), 300, "every instance streaming", interval=0.5)
-        rejoin = time.monotonic() - fault_mono
-    finally:
-        writer.stop()
+
+    r = fail_over_under_load(view, f"bench-{int(time.time())}-{run}", inject, INSTANCES)
+    entry, fault_wall = r.entry, r.fault_wall
     started = wall(entry["startedAt"])
-    steps = entry["stepSeconds"]
-    promote_at = started + sum(v for k, v in steps.items() if list(steps).index(k) <= list(steps).index("promote"))
-    times = [fault_mono] + [t for _, t in writer.acked if t > fault_mono]
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    return {"from": old, "to": entry["to"], "detect": started - fault_wall, "promote": promote_at - fault_wall,
-            "done": wall(entry["finishedAt"]) - fault_wall, "rto": max(gaps) if gaps else float("nan"),
-            "rpo": len(writer.lost()), "errors": len(writer.failures), "rejoin": rejoin, "steps": steps}
+    promoted = wall(entry["startedAt"]) + sum(seconds for step, seconds in entry["stepSeconds"].items()
+                                               if step in ("choose", "fence", "promote"))
+    return {"from": r.old, "to": r.new, "detect": started - fault_wall, "promote": promoted - fault_wall,
+            "done": wall(entry["finishedAt"]) - fault_wall, "rto": r.longest_gap(),
+            "rpo": len(r.writer.lost()), "errors": len(r.writer.failures), "rejoin": r.rejoined_after,
+            "steps": entry["stepSeconds"]}
 
 
 def main() -> int:

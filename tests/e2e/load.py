@@ -18,8 +18,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable
 
 import psycopg
+
+from support import wait_for
 
 POSTGRES_PORT = 5432
 PROBE_TABLE = "failover_probe"
@@ -57,8 +60,27 @@ def query(host: str, password: str, sql: str, params=(), dbname: str = "postgres
         return conn.execute(sql, params).fetchall()
 
 
+class _Background:
+    """A daemon thread running self._loop until stop()."""
+
+    def _init_thread(self, name: str) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
 @dataclass
-class Writer:
+class Writer(_Background):
     """Inserts (run, id) rows through PgBouncer; an id counts as acknowledged once COMMIT
     returned. A failed write is not retried (its outcome is unknown, and not counted)."""
 
@@ -72,8 +94,7 @@ class Writer:
     failures: list[tuple[float, str]] = field(default_factory=list)
 
     def __post_init__(self):
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"writer-{self.run}", daemon=True)
+        self._init_thread(f"writer-{self.run}")
         self._next = 1
 
     def prepare(self) -> None:
@@ -105,14 +126,6 @@ class Writer:
         if conn is not None:
             conn.close()
 
-    def start(self) -> "Writer":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
-
     def acked_after(self, moment: float) -> int:
         return sum(1 for _, t in self.acked if t > moment)
 
@@ -130,7 +143,7 @@ class Writer:
 
 
 @dataclass
-class Sampler:
+class Sampler(_Background):
     """Who answers as writable, sampled every `interval` seconds across all instances at once."""
 
     kubeconfig: str
@@ -143,8 +156,7 @@ class Sampler:
     writable_seen: set[str] = field(default_factory=set)
 
     def __post_init__(self):
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="sampler", daemon=True)
+        self._init_thread("sampler")
 
     def _writable(self, address: str) -> bool:
         try:
@@ -174,13 +186,6 @@ class Sampler:
                     self.overlaps.append((time.monotonic(), writable))
                 self._stop.wait(self.interval)
 
-    def start(self) -> "Sampler":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
 
 
 class ClusterView:
@@ -226,3 +231,54 @@ class ClusterView:
             return set(instances) - {primary} <= self.streaming_replicas()
         except (psycopg.Error, KeyError, RuntimeError):
             return False
+
+
+@dataclass
+class FailoverRun:
+    """One fault under load, as the tests assert it and the benchmark prints it."""
+
+    entry: dict  # the failoverHistory entry the fault produced
+    old: str
+    writer: Writer
+    sampler: Sampler
+    fault_at: float  # time.monotonic() of the fault
+    fault_wall: float  # time.time() of the fault (status timestamps are wall clock)
+    rejoined_after: float  # seconds from the fault until every instance streamed again
+
+    @property
+    def new(self) -> str:
+        return self.entry["to"]
+
+    def longest_gap(self) -> float:
+        """The longest gap between two acknowledged writes from the fault on."""
+        times = [self.fault_at] + [t for _, t in self.writer.acked if t >= self.fault_at]
+        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+
+
+def fail_over_under_load(view: ClusterView, run: str, fault: Callable[[str], None], instances: list[str],
+                         after_fault: Callable[[], None] | None = None, failover_timeout: float = 180,
+                         rejoin_timeout: float = 300) -> FailoverRun:
+    """Writes flowing, `fault(primary)`, then wait for: a new failoverHistory entry, writes
+    going through PgBouncer again, and every instance (the old primary too) streaming from
+    the new primary. Asserts nothing beyond getting there."""
+    before, old = len(view.history()), view.primary()
+    sampler = view.sampler().start()
+    writer = view.writer(run).start()
+    try:
+        wait_for(lambda: len(writer.acked) >= 20, 60, "writes through PgBouncer before the fault", interval=0.2)
+        fault_wall, fault_at = time.time(), time.monotonic()
+        fault(old)
+        if after_fault:
+            after_fault()
+        entry = wait_for(lambda: len(h := view.history()) > before and h[-1], failover_timeout,
+                         "a completed failover or switchover", interval=0.3)
+        done = time.monotonic()
+        wait_for(lambda: writer.acked_after(done) >= 20, 120, "writes through PgBouncer after the failover",
+                 interval=0.2)
+        wait_for(lambda: view.all_replicas_stream(instances), rejoin_timeout,
+                 f"every instance, {old} too, streaming from the new primary", interval=0.5)
+        rejoined = time.monotonic() - fault_at
+    finally:
+        writer.stop()
+        sampler.stop()
+    return FailoverRun(entry, old, writer, sampler, fault_at, fault_wall, rejoined)

@@ -23,7 +23,7 @@ from typing import Callable
 import pytest
 import yaml
 
-from load import ClusterView, Writer
+from load import ClusterView, FailoverRun, Writer, fail_over_under_load
 from support import (OPERATOR_NAMESPACE, apply_schema_config_map, example_cluster, is_local_cluster,
                      wait_for)
 
@@ -97,61 +97,47 @@ def clusters(kubectl, images, operator):
 
 @dataclass
 class Outcome:
-    entry: dict  # the failoverHistory entry
-    old: str
-    new: str
-    writer: Writer
+    run: FailoverRun
     lost: list[int]
-    outage: float  # longest gap between two acknowledged writes around the fault
-    overlaps: list
-    samples: int
+
+    @property
+    def entry(self) -> dict:
+        return self.run.entry
+
+    @property
+    def old(self) -> str:
+        return self.run.old
+
+    @property
+    def new(self) -> str:
+        return self.run.new
+
+    @property
+    def writer(self) -> Writer:
+        return self.run.writer
 
     def report(self, what: str) -> str:
+        sampler = self.run.sampler
         return (f"{what}: {self.old} -> {self.new} in {self.entry['durationSeconds']} s "
-                f"(steps {self.entry['stepSeconds']}); longest write gap {self.outage:.1f} s; "
+                f"(steps {self.entry['stepSeconds']}); longest write gap {self.run.longest_gap():.1f} s; "
                 f"acked {len(self.writer.acked)}, failed {len(self.writer.failures)}, lost {len(self.lost)}; "
-                f"{self.samples} writability samples, {len(self.overlaps)} with two writable")
-
-
-def longest_gap(writer: Writer, since: float) -> float:
-    times = [since] + [t for _, t in writer.acked if t >= since]
-    return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+                f"{sampler.samples} writability samples, {len(sampler.overlaps)} with two writable")
 
 
 def under_load(view: ClusterView, run: str, fault: Callable[[str], None], kind: str = "failover",
                after_fault: Callable[[], None] | None = None) -> Outcome:
-    """Writes flowing, `fault(primary)`, then: a completed failover recorded, writes going
-    through PgBouncer again, and every replica (the old primary too) streaming from the
-    new primary. Returns what happened to the writes."""
-    before, old = len(view.history()), view.primary()
-    sampler = view.sampler().start()
-    writer = view.writer(run).start()
-    try:
-        wait_for(lambda: len(writer.acked) >= 20, 60, "writes through PgBouncer before the fault", interval=0.2)
-        started = time.monotonic()
-        fault(old)
-        if after_fault:
-            after_fault()
-        entry = wait_for(lambda: len(h := view.history()) > before and h[-1], FAILOVER_TIMEOUT,
-                         f"a completed {kind}", interval=0.5)
-        done = time.monotonic()
-        wait_for(lambda: writer.acked_after(done) >= 20, 120, "writes through PgBouncer after the failover",
-                 interval=0.2)
-        wait_for(lambda: view.all_replicas_stream(INSTANCES), REJOIN_TIMEOUT,
-                 f"every instance, {old} too, streaming from the new primary")
-    finally:
-        writer.stop()
-        sampler.stop()
-    outcome = Outcome(entry, old, entry["to"], writer, writer.lost(), longest_gap(writer, started),
-                      sampler.overlaps, sampler.samples)
+    """load.fail_over_under_load, then what every failover must show."""
+    result = fail_over_under_load(view, run, fault, INSTANCES, after_fault, FAILOVER_TIMEOUT, REJOIN_TIMEOUT)
+    outcome = Outcome(result, result.writer.lost())
     print("\n" + outcome.report(run))
+    entry, old = outcome.entry, outcome.old
     assert entry["kind"] == kind and entry["from"] == old
     recorded = view.status()["failover"]
     assert all(at >= recorded["startedAt"] for at in recorded["steps"].values()), f"stale steps: {recorded}"
     assert outcome.new != old and outcome.new != ANALYTICS and view.primary() == outcome.new
     assert view.sql(old, "SELECT pg_is_in_recovery()") == [(True,)], f"{old} did not rejoin read-only"
-    assert outcome.overlaps == [], f"two writable instances at once: {outcome.overlaps}"
-    assert outcome.samples >= 10
+    assert result.sampler.overlaps == [], f"two writable instances at once: {result.sampler.overlaps}"
+    assert result.sampler.samples >= 10
     return outcome
 
 
