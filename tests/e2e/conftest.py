@@ -184,9 +184,12 @@ def namespace(kubectl, request) -> str:
 @pytest.fixture(scope="module")
 def operator(kubectl, images):
     """The operator installed from crds/ and manifests/ (as users do), running the image of
-    this checkout; removed at the end of the module (the Helm tests install their own)."""
+    this checkout; removed at the end of the module, CRD included: the Helm tests install
+    their own, and Helm refuses to adopt a CRD that kubectl created. The CRD goes first,
+    while the operator still runs to release the finalizers of any cluster left."""
     from support import install_operator
 
     install_operator(kubectl, images)
     yield
+    kubectl("delete", "-f", str(REPO / "crds"), "--ignore-not-found", "--wait=true", check=False, timeout=300)
     kubectl("delete", "-f", str(REPO / "manifests"), "--ignore-not-found", "--wait=true", check=False, timeout=300)
