@@ -191,5 +191,6 @@ def operator(kubectl, images):
 
     install_operator(kubectl, images)
     yield
-    kubectl("delete", "-f", str(REPO / "crds"), "--ignore-not-found", "--wait=true", check=False, timeout=300)
+    kubectl("delete", "-f", str(REPO / "crds"), "--ignore-not-found", "--wait=true", "--timeout=120s", check=False,
+            timeout=180)
     kubectl("delete", "-f", str(REPO / "manifests"), "--ignore-not-found", "--wait=true", check=False, timeout=300)

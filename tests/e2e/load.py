@@ -152,6 +152,8 @@ class Sampler(_Background):
     password: str
     interval: float = 0.25
     samples: int = 0
+    first_at: float | None = None  # time.monotonic() of the first and the last sample
+    last_at: float | None = None
     overlaps: list[tuple[float, list[str]]] = field(default_factory=list)
     writable_seen: set[str] = field(default_factory=set)
 
@@ -181,6 +183,8 @@ class Sampler(_Background):
                 answers = list(pool.map(self._writable, [addresses[n] for n in names]))
                 writable = [n for n, w in zip(names, answers) if w]
                 self.samples += 1
+                self.last_at = time.monotonic()
+                self.first_at = self.first_at or self.last_at
                 self.writable_seen.update(writable)
                 if len(writable) > 1:
                     self.overlaps.append((time.monotonic(), writable))
@@ -261,7 +265,8 @@ def fail_over_under_load(view: ClusterView, run: str, fault: Callable[[str], Non
     """Writes flowing, `fault(primary)`, then wait for: a new failoverHistory entry, writes
     going through PgBouncer again, and every instance (the old primary too) streaming from
     the new primary. Asserts nothing beyond getting there."""
-    before, old = len(view.history()), view.primary()
+    history = view.history()  # at most HISTORY_LENGTH entries: compare the newest, not the count
+    before, old = (history[-1]["startedAt"] if history else None), view.primary()
     sampler = view.sampler().start()
     writer = view.writer(run).start()
     try:
@@ -270,8 +275,12 @@ def fail_over_under_load(view: ClusterView, run: str, fault: Callable[[str], Non
         fault(old)
         if after_fault:
             after_fault()
-        entry = wait_for(lambda: len(h := view.history()) > before and h[-1], failover_timeout,
-                         "a completed failover or switchover", interval=0.3)
+        try:
+            entry = wait_for(lambda: (h := view.history()) and h[-1]["startedAt"] != before and h[-1],
+                             failover_timeout,
+                             "a completed failover or switchover", interval=0.3)
+        except AssertionError as err:
+            raise AssertionError(f"{err}\nstatus.failover: {view.status().get('failover')}") from None
         done = time.monotonic()
         wait_for(lambda: writer.acked_after(done) >= 20, 120, "writes through PgBouncer after the failover",
                  interval=0.2)
