@@ -52,7 +52,9 @@ def ensure_cluster() -> tuple[str, bool]:
     explicit = os.environ.get("SHOPDB_KUBECONFIG")
     if explicit:
         return explicit, False
-    if subprocess.run([str(LOCALKUBE), "status"], capture_output=True).returncode == 0:
+    ready = subprocess.run(["kubectl", "--kubeconfig", LOCAL_KUBECONFIG, "get", "--raw", "/readyz"],
+                           capture_output=True)
+    if ready.returncode == 0:
         return LOCAL_KUBECONFIG, False
     subprocess.run([str(LOCALKUBE), "build"], check=True, stdout=sys.stderr)
     subprocess.run([str(LOCALKUBE), "up"], check=True, stdout=subprocess.DEVNULL)
