@@ -194,3 +194,19 @@ def operator(kubectl, images):
     kubectl("delete", "-f", str(REPO / "crds"), "--ignore-not-found", "--wait=true", "--timeout=120s", check=False,
             timeout=180)
     kubectl("delete", "-f", str(REPO / "manifests"), "--ignore-not-found", "--wait=true", check=False, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def clusters(kubectl, images, operator):
+    """For the failover tests: clusters["async"] / clusters["sync"], a ClusterView Ready with
+    every replica streaming (failovers.Clusters: one at a time, per module)."""
+    from failovers import Clusters
+    from support import is_local_cluster
+
+    if not is_local_cluster(kubectl):
+        pytest.skip("the failover tests reach pods and Services by their cluster addresses, which only the "
+                    "local cluster (tests/cluster/localkube) routes to the test host")
+    made = Clusters(kubectl, images)
+    yield made
+    for kind in list(made.views):
+        made.delete(kind)

@@ -2,7 +2,7 @@
 primary route (load.Writer), with every instance sampled for writability several times a
 second (load.Sampler).
 
-Two clusters, built side by side at the start of the module: `async` (the small example)
+Two clusters, one at a time (conftest's `clusters`): `async` (the small example)
 and `sync` (the same with synchronous replication, ANY 1). Faults are real: a deleted pod,
 a PostgreSQL killed in its container (SIGQUIT: immediate shutdown, no checkpoint, like a
 crash), walreceivers frozen with SIGSTOP, a cordoned node, an operator pod force-deleted.
@@ -17,150 +17,14 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
-from typing import Callable
 
 import pytest
-import yaml
 
-from load import ClusterView, FailoverRun, Writer, fail_over_under_load
-from support import (OPERATOR_NAMESPACE, apply_schema_config_map, example_cluster, is_local_cluster,
-                     wait_for)
+from failovers import (ANALYTICS, FAILOVER_TIMEOUT, INSTANCES, REJOIN_TIMEOUT, STEPS, assert_lost_writes_are_the_newest,
+                       delete_pod, freeze_walreceivers, kill_postgres, lease_holder, operator_pods, under_load)
+from support import OPERATOR_NAMESPACE, wait_for
 
 pytestmark = pytest.mark.e2e
-
-READY_TIMEOUT = 600
-FAILOVER_TIMEOUT = 180
-REJOIN_TIMEOUT = 300
-ANALYTICS = "shop-analytics"
-INSTANCES = ["shop-1", "shop-2", "shop-3", ANALYTICS]
-
-
-def sized(cluster: dict) -> dict:
-    """Enough CPU that a primary under the test's writes, rewinds and clones answers its
-    health checks in time (requests are limits: 100m starved it into a false failover)."""
-    spec = cluster["spec"]
-    spec["postgres"]["resources"] = {"primary": {"cpu": "500m", "memory": "512Mi"},
-                                     "replica": {"cpu": "250m", "memory": "256Mi"}}
-    spec["pgbouncer"]["resources"] = {"cpu": "50m", "memory": "64Mi"}
-    spec["redis"]["resources"] = {"cpu": "50m", "memory": "64Mi"}
-    return cluster
-
-
-class Clusters:
-    """The module's database clusters, one at a time (two would not fit two cores): asking
-    for `sync` deletes `async` first."""
-
-    def __init__(self, kubectl, images):
-        self.kubectl, self.images = kubectl, images
-        self.views: dict[str, ClusterView] = {}
-
-    def __getitem__(self, kind: str) -> ClusterView:
-        if kind not in self.views:
-            for other in list(self.views):
-                self.delete(other)
-            self.views[kind] = self.create(kind)
-        return self.views[kind]
-
-    def create(self, kind: str) -> ClusterView:
-        kubectl = self.kubectl
-        namespace = f"e2e-failover-{kind}-{int(time.time()) % 100000}"
-        kubectl("create", "namespace", namespace)
-        apply_schema_config_map(kubectl, namespace)
-        cluster = sized(example_cluster(self.images, namespace))
-        if kind == "sync":
-            cluster["spec"]["postgres"]["synchronous"] = {"enabled": True, "number": 1}
-        kubectl.apply(yaml.safe_dump(cluster))
-        wait_for(lambda: (kubectl.json("-n", namespace, "get", "sdc", "shop").get("status") or {}).get("phase")
-                 == "Ready", READY_TIMEOUT, f"the {kind} cluster to become Ready", interval=3)
-        view = ClusterView(kubectl.kubeconfig, namespace)
-        wait_for(lambda: view.all_replicas_stream(INSTANCES), 180, f"every {kind} replica to stream")
-        return view
-
-    def delete(self, kind: str) -> None:
-        view = self.views.pop(kind)
-        self.kubectl("delete", "namespace", view.namespace, "--wait=true", "--ignore-not-found", timeout=300,
-                     check=False)
-
-
-@pytest.fixture(scope="module")
-def clusters(kubectl, images, operator):
-    """clusters["async"] / clusters["sync"]: a ClusterView, Ready with every replica streaming."""
-    if not is_local_cluster(kubectl):
-        pytest.skip("the failover tests reach pods and Services by their cluster addresses, which only the "
-                    "local cluster (tests/cluster/localkube) routes to the test host")
-    made = Clusters(kubectl, images)
-    yield made
-    for kind in list(made.views):
-        made.delete(kind)
-
-
-@dataclass
-class Outcome:
-    run: FailoverRun
-    lost: list[int]
-
-    @property
-    def entry(self) -> dict:
-        return self.run.entry
-
-    @property
-    def old(self) -> str:
-        return self.run.old
-
-    @property
-    def new(self) -> str:
-        return self.run.new
-
-    @property
-    def writer(self) -> Writer:
-        return self.run.writer
-
-    def report(self, what: str) -> str:
-        sampler = self.run.sampler
-        return (f"{what}: {self.old} -> {self.new} in {self.entry['durationSeconds']} s "
-                f"(steps {self.entry['stepSeconds']}); longest write gap {self.run.longest_gap():.1f} s; "
-                f"acked {len(self.writer.acked)}, failed {len(self.writer.failures)}, lost {len(self.lost)}; "
-                f"{sampler.samples} writability samples, {len(sampler.overlaps)} with two writable")
-
-
-def under_load(view: ClusterView, run: str, fault: Callable[[str], None], kind: str = "failover",
-               after_fault: Callable[[], None] | None = None) -> Outcome:
-    """load.fail_over_under_load, then what every failover must show."""
-    result = fail_over_under_load(view, run, fault, INSTANCES, after_fault, FAILOVER_TIMEOUT, REJOIN_TIMEOUT)
-    outcome = Outcome(result, result.writer.lost())
-    print("\n" + outcome.report(run))
-    entry, old = outcome.entry, outcome.old
-    assert entry["kind"] == kind and entry["from"] == old
-    recorded = view.status()["failover"]
-    assert all(at >= recorded["startedAt"] for at in recorded["steps"].values()), f"stale steps: {recorded}"
-    assert outcome.new != old and outcome.new != ANALYTICS and view.primary() == outcome.new
-    assert view.sql(old, "SELECT pg_is_in_recovery()") == [(True,)], f"{old} did not rejoin read-only"
-    assert result.sampler.overlaps == [], f"two writable instances at once: {result.sampler.overlaps}"
-    # sampled from before the fault until the failover was over
-    assert result.sampler.first_at < result.fault_at < result.fault_at + 1 < result.sampler.last_at
-    return outcome
-
-
-def assert_lost_writes_are_the_newest(outcome: Outcome) -> None:
-    """Without synchronous replication acknowledged writes may be lost, but only the last
-    ones before the fault (WAL is one stream): never a hole."""
-    if outcome.lost:
-        acked = [i for i, _ in outcome.writer.acked]
-        first = acked.index(outcome.lost[0])
-        assert outcome.lost == acked[first:first + len(outcome.lost)], "lost writes are not one run"
-        assert all(i not in outcome.lost for i in acked[first + len(outcome.lost):] if i > outcome.lost[-1])
-
-
-def delete_pod(kubectl, namespace: str) -> Callable[[str], None]:
-    return lambda instance: kubectl("-n", namespace, "delete", "pod", f"{instance}-0", "--wait=false")
-
-
-def kill_postgres(kubectl, namespace: str) -> Callable[[str], None]:
-    """SIGQUIT to the postmaster (PID 1): immediate shutdown, the container exits."""
-    return lambda instance: kubectl("-n", namespace, "exec", f"{instance}-0", "-c", "postgres", "--",
-                                    "bash", "-c", "kill -QUIT 1")
-
 
 # --- asynchronous replication ---------------------------------------------------------------
 
@@ -194,12 +58,6 @@ def test_three_failovers_in_a_row(kubectl, clusters):
     assert [old for old, _ in seen[1:]] == [new for _, new in seen[:-1]]
 
 
-def _freeze_walreceivers(kubectl, view: ClusterView, instances: list[str], signal: str) -> None:
-    for instance in instances:
-        kubectl("-n", view.namespace, "exec", f"{instance}-0", "-c", "postgres", "--", "bash", "-c",
-                f"kill -{signal} $(ps -eo pid,args | awk '/postgres: walreceiver/ && !/awk/ {{print $1}}')")
-
-
 def test_analytics_is_never_promoted_even_when_most_up_to_date(kubectl, clusters):
     """The promotable replicas' walreceivers are frozen while writes go on, so the analytics
     replica alone holds the newest WAL; then the primary's pod is deleted on a cordoned node
@@ -216,7 +74,7 @@ def test_analytics_is_never_promoted_even_when_most_up_to_date(kubectl, clusters
     writer = view.writer("analytics-ahead").start()
     try:
         wait_for(lambda: len(writer.acked) >= 20, 60, "writes before freezing", interval=0.2)
-        _freeze_walreceivers(kubectl, view, pool, "STOP")
+        freeze_walreceivers(kubectl, view, pool, "STOP")
         frozen_at = time.monotonic()
         wait_for(lambda: writer.acked_after(frozen_at) >= 50, 60, "writes the frozen replicas miss", interval=0.2)
 
@@ -245,7 +103,7 @@ def test_analytics_is_never_promoted_even_when_most_up_to_date(kubectl, clusters
         for instance in pool:
             assert view.sql(instance, "SELECT pg_is_in_recovery()") == [(True,)]
     finally:
-        _freeze_walreceivers(kubectl, view, pool, "CONT")
+        freeze_walreceivers(kubectl, view, pool, "CONT")
         kubectl("-n", namespace, "patch", "sdc", "shop", "--type", "merge", "-p",
                 json.dumps({"spec": {"failover": {"maxLagBytes": None}}}))
     try:
@@ -298,49 +156,58 @@ def test_switchover_by_annotation_and_by_the_cli_loses_nothing(kubectl, clusters
                               "-n", view.namespace], capture_output=True, text=True, timeout=60,
                              env={**os.environ, "KUBECONFIG": kubectl.kubeconfig})
     assert refused.returncode != 0 and "not a promotable instance" in refused.stderr
+    current = view.primary()
+    same = subprocess.run([sys.executable, "-m", "shopdb_operator.cli", "switchover", "shop", "--to", current,
+                           "-n", view.namespace], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "KUBECONFIG": kubectl.kubeconfig})
+    assert same.returncode != 0 and "already the primary" in same.stderr
+    annotations = kubectl.json("-n", view.namespace, "get", "sdc", "shop")["metadata"].get("annotations") or {}
+    assert "shopdb.io/switchover-to" not in annotations  # neither refusal asked the operator for anything
 
 
-def _operator_pods(kubectl) -> list[dict]:
-    pods = kubectl.json("-n", OPERATOR_NAMESPACE, "get", "pods", "-l", "app.kubernetes.io/name=shopdb-operator")["items"]
-    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-
-
-def _lease_holder(kubectl) -> str:
-    lease = kubectl.json("-n", OPERATOR_NAMESPACE, "get", "lease", "shopdb-operator")
-    return lease["spec"].get("holderIdentity", "")
-
-
-def test_failover_completes_after_the_operator_is_killed_halfway(kubectl, clusters):
+@pytest.mark.parametrize("step", STEPS[:-1])
+def test_failover_resumes_after_the_operator_is_killed_at_each_step(kubectl, clusters, step):
+    """The operator is held right after recording `step` (SHOPDB_TEST_HOLD_AFTER_STEP: the
+    one injected fault, since a whole failover takes about a second), then its pod is
+    force-deleted for real; the next pod resumes at the following step and completes."""
     view = clusters["sync"]
     deployment = "deployment/shopdb-operator"
+    following = STEPS[STEPS.index(step) + 1]
 
     def settle():
         kubectl("-n", OPERATOR_NAMESPACE, "rollout", "status", deployment, "--timeout=300s", timeout=330)
-        wait_for(lambda: len(pods := _operator_pods(kubectl)) == 1 and _lease_holder(kubectl)
+        wait_for(lambda: len(pods := operator_pods(kubectl)) == 1 and lease_holder(kubectl)
                  == pods[0]["metadata"]["name"], 120, "the new operator pod to hold the Lease")
 
-    kubectl("-n", OPERATOR_NAMESPACE, "set", "env", deployment, "SHOPDB_TEST_HOLD_AFTER_STEP=fence")
+    kubectl("-n", OPERATOR_NAMESPACE, "set", "env", deployment, f"SHOPDB_TEST_HOLD_AFTER_STEP={step}")
     try:
         settle()
         killed = []
 
-        def kill_operator_after_fence() -> None:
-            held = wait_for(lambda: "fence" in (((view.status().get("failover") or {}).get("steps")) or {})
-                            and view.status()["failover"], FAILOVER_TIMEOUT, "the fence step recorded", interval=0.3)
+        def kill_operator_after_the_step() -> None:
+            held = wait_for(lambda: step in (((view.status().get("failover") or {}).get("steps")) or {})
+                            and view.status()["failover"], FAILOVER_TIMEOUT, f"the {step} step recorded",
+                            interval=0.3)
             time.sleep(5)
             still = view.status()["failover"]
-            assert still["phase"] == "Running" and "promote" not in still["steps"], "the hold did not hold"
-            pod = _operator_pods(kubectl)[0]["metadata"]["name"]
+            assert still["phase"] == "Running" and following not in still["steps"], f"the hold did not hold: {still}"
+            pod = operator_pods(kubectl)[0]["metadata"]["name"]
             kubectl("-n", OPERATOR_NAMESPACE, "delete", "pod", pod, "--grace-period=0", "--force")
-            killed.append((pod, held["to"]))
+            killed.append((pod, held))
 
-        outcome = under_load(view, "operator-killed", delete_pod(kubectl, view.namespace),
-                             after_fault=kill_operator_after_fence)
-        # resumed at the promote step, which may pick a replica further ahead than the one
-        # chosen before the fence (a pool replica all the same: checked by under_load)
-        assert killed and killed[0][1] != ANALYTICS
+        outcome = under_load(view, f"operator-killed-after-{step}", delete_pod(kubectl, view.namespace),
+                             after_fault=kill_operator_after_the_step)
+        assert killed, "the operator was not killed"
+        pod, held = killed[0]
+        # the same failover, resumed: its steps up to the held one kept their recorded times
+        assert outcome.entry["startedAt"] == held["startedAt"]
+        recorded = view.status()["failover"]
+        assert all(recorded["steps"][s] == held["steps"][s] for s in STEPS[:STEPS.index(step) + 1])
+        assert set(recorded["steps"]) == set(STEPS)
+        if STEPS.index(step) >= STEPS.index("promote"):
+            assert outcome.new == held["to"]  # promoted once, never again
         assert outcome.lost == []
-        assert _lease_holder(kubectl) != killed[0][0]
+        assert lease_holder(kubectl) != pod
     finally:
         kubectl("-n", OPERATOR_NAMESPACE, "set", "env", deployment, "SHOPDB_TEST_HOLD_AFTER_STEP-")
         settle()

@@ -169,6 +169,34 @@ def test_bad_clusters_are_refused_and_nothing_is_built(kubectl, images, operator
     assert children == []
 
 
+def test_an_invalid_cluster_can_be_deleted(kubectl, images, operator, namespace):
+    """A refused cluster still carries the operator's finalizer (kopf adds it for the failover
+    daemon and the drift timer, which run for it too); deleting it must release the finalizer
+    and leave nothing behind."""
+    invalid = example_cluster(images, namespace, name="bad")
+    invalid["spec"]["maintenance"] = {"materializedViews": [{"name": "v", "schedule": "61 * * * *"}]}
+    kubectl.apply(yaml.safe_dump(invalid))
+    wait_for(lambda: cluster_status(kubectl, namespace, "bad").get("phase") == "InvalidSpec", 120,
+             "the InvalidSpec condition")
+    finalizers = kubectl.json("-n", namespace, "get", "sdc", "bad")["metadata"].get("finalizers", [])
+    assert "shopdb.io/finalizer" in finalizers
+    time.sleep(20)  # past the drift timer's first run (15 s): the report had it and the daemon running on
+
+    kubectl("-n", namespace, "delete", "sdc", "bad", "--wait=false")
+
+    def gone() -> bool:
+        return not kubectl("-n", namespace, "get", "sdc", "bad", "-o", "name", "--ignore-not-found").stdout.strip()
+    try:
+        wait_for(gone, 60, "the invalid cluster to be deleted")
+    except AssertionError:
+        meta = kubectl.json("-n", namespace, "get", "sdc", "bad")["metadata"]
+        raise AssertionError(f"the invalid cluster is still there 60s after `kubectl delete`: finalizers "
+                             f"{meta.get('finalizers')}, deletionTimestamp {meta.get('deletionTimestamp')}") from None
+    left = kubectl.json("-n", namespace, "get", "statefulsets,deployments,services,configmaps,secrets,pvc",
+                        "-l", "shopdb.io/cluster=bad")["items"]
+    assert left == [], [f"{i['kind']}/{i['metadata']['name']}" for i in left]
+
+
 def test_deleting_the_cluster_keeps_its_volumes(kubectl, shop):
     claims = {c["metadata"]["name"] for c in kubectl.json("-n", shop, "get", "pvc")["items"]}
     assert claims == {"data-shop-1-0", "data-shop-2-0", "data-shop-3-0", "data-shop-analytics-0"}

@@ -1,0 +1,222 @@
+"""What the failover tests share: the module's database clusters (one at a time), a fault
+under load with what every failover must show, and faults made from this host (the local
+cluster's node): pods deleted, PostgreSQL killed or frozen in its container, the operator's
+own network cut.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import psycopg
+import yaml
+
+from load import ClusterView, FailoverRun, Writer, fail_over_under_load
+from support import OPERATOR_NAMESPACE, apply_schema_config_map, example_cluster, wait_for
+
+READY_TIMEOUT = 600
+FAILOVER_TIMEOUT = 180
+REJOIN_TIMEOUT = 300
+ANALYTICS = "shop-analytics"
+INSTANCES = ["shop-1", "shop-2", "shop-3", ANALYTICS]
+STEPS = ["choose", "fence", "promote", "relabel", "repoint", "pgbouncer"]  # decide.STEPS, in order
+
+
+def sized(cluster: dict) -> dict:
+    """Enough CPU that a primary under the test's writes, rewinds and clones answers its
+    health checks in time (requests are limits: 100m starved it into a false failover)."""
+    spec = cluster["spec"]
+    spec["postgres"]["resources"] = {"primary": {"cpu": "500m", "memory": "512Mi"},
+                                     "replica": {"cpu": "250m", "memory": "256Mi"}}
+    spec["pgbouncer"]["resources"] = {"cpu": "50m", "memory": "64Mi"}
+    spec["redis"]["resources"] = {"cpu": "50m", "memory": "64Mi"}
+    return cluster
+
+
+class Clusters:
+    """The module's database clusters, one at a time (two would not fit two cores): asking
+    for `sync` deletes `async` first."""
+
+    def __init__(self, kubectl, images):
+        self.kubectl, self.images = kubectl, images
+        self.views: dict[str, ClusterView] = {}
+
+    def __getitem__(self, kind: str) -> ClusterView:
+        if kind not in self.views:
+            for other in list(self.views):
+                self.delete(other)
+            self.views[kind] = self.create(kind)
+        return self.views[kind]
+
+    def create(self, kind: str) -> ClusterView:
+        kubectl = self.kubectl
+        namespace = f"e2e-failover-{kind}-{int(time.time()) % 100000}"
+        kubectl("create", "namespace", namespace)
+        apply_schema_config_map(kubectl, namespace)
+        cluster = sized(example_cluster(self.images, namespace))
+        if kind == "sync":
+            cluster["spec"]["postgres"]["synchronous"] = {"enabled": True, "number": 1}
+        kubectl.apply(yaml.safe_dump(cluster))
+        wait_for(lambda: (kubectl.json("-n", namespace, "get", "sdc", "shop").get("status") or {}).get("phase")
+                 == "Ready", READY_TIMEOUT, f"the {kind} cluster to become Ready", interval=3)
+        view = ClusterView(kubectl.kubeconfig, namespace)
+        wait_for(lambda: view.all_replicas_stream(INSTANCES), 180, f"every {kind} replica to stream")
+        return view
+
+    def delete(self, kind: str) -> None:
+        view = self.views.pop(kind)
+        self.kubectl("delete", "namespace", view.namespace, "--wait=true", "--ignore-not-found", timeout=300,
+                     check=False)
+
+
+@dataclass
+class Outcome:
+    run: FailoverRun
+    lost: list[int]
+
+    @property
+    def entry(self) -> dict:
+        return self.run.entry
+
+    @property
+    def old(self) -> str:
+        return self.run.old
+
+    @property
+    def new(self) -> str:
+        return self.run.new
+
+    @property
+    def writer(self) -> Writer:
+        return self.run.writer
+
+    def report(self, what: str) -> str:
+        sampler = self.run.sampler
+        return (f"{what}: {self.old} -> {self.new} in {self.entry['durationSeconds']} s "
+                f"(steps {self.entry['stepSeconds']}); longest write gap {self.run.longest_gap():.1f} s; "
+                f"acked {len(self.writer.acked)}, failed {len(self.writer.failures)}, lost {len(self.lost)}; "
+                f"{sampler.samples} writability samples, {len(sampler.overlaps)} with two writable")
+
+
+def under_load(view: ClusterView, run: str, fault: Callable[[str], None], kind: str = "failover",
+               after_fault: Callable[[], None] | None = None) -> Outcome:
+    """load.fail_over_under_load, then what every failover must show."""
+    result = fail_over_under_load(view, run, fault, INSTANCES, after_fault, FAILOVER_TIMEOUT, REJOIN_TIMEOUT)
+    outcome = Outcome(result, result.writer.lost())
+    print("\n" + outcome.report(run))
+    entry, old = outcome.entry, outcome.old
+    assert entry["kind"] == kind and entry["from"] == old
+    recorded = view.status()["failover"]
+    assert all(at >= recorded["startedAt"] for at in recorded["steps"].values()), f"stale steps: {recorded}"
+    # one step after the other, each recorded once, in order
+    times = [recorded["steps"][step] for step in STEPS]
+    assert set(recorded["steps"]) == set(STEPS) and times == sorted(times), recorded["steps"]
+    # the repoint step recorded every other instance, streaming from the new primary or not yet
+    others = set(INSTANCES) - {old, entry["to"]}
+    assert set(recorded["streaming"]) | set(recorded["notStreaming"]) == others, recorded
+    assert outcome.new != old and outcome.new != ANALYTICS and view.primary() == outcome.new
+    # (asked until it answers: once, right after it streamed, its address refused a connection)
+    wait_for(lambda: sql_or_none(view, old, "SELECT pg_is_in_recovery()") == [(True,)], 60,
+             f"{old} answering read-only", interval=1)
+    assert result.sampler.overlaps == [], f"two writable instances at once: {result.sampler.overlaps}"
+    # sampled from before the fault until the failover was over
+    assert result.sampler.first_at < result.fault_at < result.fault_at + 1 < result.sampler.last_at
+    return outcome
+
+
+def sql_or_none(view: ClusterView, instance: str, statement: str) -> list[tuple] | None:
+    try:
+        return view.sql(instance, statement)
+    except psycopg.Error:
+        return None
+
+
+def assert_lost_writes_are_the_newest(outcome: Outcome) -> None:
+    """Without synchronous replication acknowledged writes may be lost, but only the last
+    ones before the fault (WAL is one stream): never a hole."""
+    if outcome.lost:
+        acked = [i for i, _ in outcome.writer.acked]
+        first = acked.index(outcome.lost[0])
+        assert outcome.lost == acked[first:first + len(outcome.lost)], "lost writes are not one run"
+        assert all(i not in outcome.lost for i in acked[first + len(outcome.lost):] if i > outcome.lost[-1])
+
+
+def delete_pod(kubectl, namespace: str) -> Callable[[str], None]:
+    return lambda instance: kubectl("-n", namespace, "delete", "pod", f"{instance}-0", "--wait=false")
+
+
+def kill_postgres(kubectl, namespace: str) -> Callable[[str], None]:
+    """SIGQUIT to the postmaster (PID 1): immediate shutdown, the container exits."""
+    return lambda instance: kubectl("-n", namespace, "exec", f"{instance}-0", "-c", "postgres", "--",
+                                    "bash", "-c", "kill -QUIT 1")
+
+
+
+def operator_pods(kubectl) -> list[dict]:
+    pods = kubectl.json("-n", OPERATOR_NAMESPACE, "get", "pods", "-l", "app.kubernetes.io/name=shopdb-operator")["items"]
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def lease_holder(kubectl) -> str:
+    lease = kubectl.json("-n", OPERATOR_NAMESPACE, "get", "lease", "shopdb-operator")
+    return lease["spec"].get("holderIdentity", "")
+
+
+def freeze_walreceivers(kubectl, view: ClusterView, instances: list[str], signal: str) -> None:
+    """SIGSTOP / SIGCONT the walreceivers of these instances (they stop receiving WAL)."""
+    for instance in instances:
+        kubectl("-n", view.namespace, "exec", f"{instance}-0", "-c", "postgres", "--", "bash", "-c",
+                f"kill -{signal} $(ps -eo pid,args | awk '/postgres: walreceiver/ && !/awk/ {{print $1}}')")
+
+
+# --- faults made from the node (the test host is the local cluster's node, as root) ----------
+
+def container_processes(kubectl, namespace: str, pod: str, container: str) -> list[int]:
+    """Host PIDs of every process of a running container, read from its cgroup."""
+    status = kubectl.json("-n", namespace, "get", "pod", pod)["status"]
+    state = next(s for s in status.get("containerStatuses") or [] if s["name"] == container)
+    container_id = (state.get("containerID") or "").split("://")[-1]
+    assert container_id and "running" in state["state"], f"{pod}/{container} is not running: {state['state']}"
+    pids = []
+    for cgroup in Path("/proc").glob("[0-9]*/cgroup"):
+        try:
+            if container_id in cgroup.read_text():
+                pids.append(int(cgroup.parent.name))
+        except OSError:  # the process ended meanwhile
+            continue
+    assert pids, f"no process of container {container_id} found under /proc"
+    return pids
+
+
+def signal_processes(pids: list[int], signal: str) -> None:
+    subprocess.run(["kill", f"-{signal}", *map(str, pids)], capture_output=True, timeout=10)  # gone ones: fine
+
+
+class Freezer:
+    """Every process of a container stopped with SIGSTOP, as a primary hung on its storage or
+    starved of CPU: TCP handshakes still complete (the kernel answers them), nothing else
+    does. A fenced (deleted) pod is still killed: SIGKILL ends stopped processes."""
+
+    def __init__(self, kubectl, namespace: str, pod: str, container: str = "postgres"):
+        self.pids = container_processes(kubectl, namespace, pod, container)
+        self.frozen = False
+
+    def freeze(self) -> None:
+        signal_processes(self.pids, "STOP")
+        self.frozen = True
+
+    def thaw(self) -> None:
+        if self.frozen:
+            signal_processes(self.pids, "CONT")
+            self.frozen = False
+
+
+def in_pod_network(kubectl, namespace: str, pod: str, container: str, *command: str) -> None:
+    """Run a host command (iptables) inside a pod's network namespace."""
+    pid = container_processes(kubectl, namespace, pod, container)[0]
+    proc = subprocess.run(["nsenter", "-t", str(pid), "-n", *command], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, f"{' '.join(command)} in {pod}: {proc.stderr}"
