@@ -260,6 +260,18 @@ def test_switchover_takes_the_named_target_even_if_another_is_ahead():
     assert choice.name == "shop-2" and choice.lag_bytes == 10
 
 
+
+def test_a_sync_switchover_is_not_refused_when_another_member_is_a_few_bytes_ahead():
+    """Seen on the real cluster: under writes, shop-3 had received 224 bytes more than the
+    target. A switchover needs no proof without the primary: promote waits for fenceLSN."""
+    s = spec(synchronous=1)
+    choice = decide.choose_candidate(obs(standby("shop-2", 1000), standby("shop-3", 1224)), topology(s), s,
+                                     "shop-1", primary_lsn=1224, target="shop-2")
+    assert isinstance(choice, Candidate) and choice.name == "shop-2"
+    failover = decide.choose_candidate(obs(standby("shop-2", 1000), dead("shop-3")), topology(s), s, "shop-1")
+    assert isinstance(failover, Refusal) and failover.reason == decide.SYNC_UNPROVEN  # a failover still needs it
+
+
 # --- the recorded state machine ------------------------------------------------------------
 
 def test_steps_run_in_order_and_resume_at_the_first_unrecorded():

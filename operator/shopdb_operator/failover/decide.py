@@ -157,7 +157,7 @@ def choose_candidate(observations: Mapping[str, Observation], topology: Topology
     Among reachable standbys that are eligible (see eligible()), the highest received LSN
     wins; ties go to the higher replayed LSN (less to replay before accepting writes), then
     to the name (deterministic across operator restarts). `target` (a switchover) narrows
-    the choice to one instance, which must pass the same rules.
+    the choice to one instance, which must pass the same rules but the synchronous one.
     """
     standbys = [o for o in observations.values() if o.is_standby and o.wal_position is not None]
     candidates = [o for o in standbys if eligible(o.name, topology, failed_primary)]
@@ -178,7 +178,10 @@ def choose_candidate(observations: Mapping[str, Observation], topology: Topology
         return Refusal(TOO_FAR_BEHIND, f"the best candidate {best.name} is {lag} bytes behind, more than "
                                        f"failover.maxLagBytes ({spec.failover.max_lag_bytes}); raise it to "
                                        f"accept losing those writes")
-    if spec.postgres.synchronous.enabled:
+    # The synchronous rule proves a candidate complete without the primary. A switchover
+    # does not need it: the primary is alive, and the promote step waits until the target
+    # holds all the WAL the primary wrote (fenceLSN), which is zero loss in any mode.
+    if spec.postgres.synchronous.enabled and target is None:
         problem = synchronous_rule(best, observations, topology, spec, failed_primary)
         if problem:
             return Refusal(SYNC_UNPROVEN, problem)
