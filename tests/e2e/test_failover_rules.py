@@ -218,10 +218,14 @@ def test_a_fence_the_api_refuses_is_retried_until_it_is_allowed(kubectl, cluster
     role["metadata"] = {"name": "shopdb-operator", "labels": role["metadata"].get("labels") or {}}
     kubectl("replace", "-f", "-", input=json.dumps(role))
     stuck: list[dict] = []
+    previous = (view.status().get("failover") or {}).get("startedAt")
+
+    def this_failover() -> dict | None:
+        state = view.status().get("failover") or {}
+        return state if state.get("startedAt") != previous and "choose" in (state.get("steps") or {}) else None
 
     def while_forbidden() -> None:
-        state = wait_for(lambda: "choose" in (((view.status().get("failover") or {}).get("steps")) or {})
-                         and view.status()["failover"], FAILOVER_TIMEOUT, "the failover to start", interval=0.3)
+        state = wait_for(this_failover, FAILOVER_TIMEOUT, "the failover to start", interval=0.3)
         time.sleep(4 * INTERVAL)  # several checks, each refused at the fence
         now = view.status()
         stuck.append(now["failover"])
