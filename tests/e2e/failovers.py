@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import psycopg
 import yaml
+from shopdb_operator.failover import decide
 
-from load import ClusterView, FailoverRun, Writer, fail_over_under_load
+from load import ClusterView, FailoverRun, fail_over_under_load
 from support import OPERATOR_NAMESPACE, apply_schema_config_map, example_cluster, wait_for
 
 READY_TIMEOUT = 600
@@ -23,7 +23,7 @@ FAILOVER_TIMEOUT = 180
 REJOIN_TIMEOUT = 300
 ANALYTICS = "shop-analytics"
 INSTANCES = ["shop-1", "shop-2", "shop-3", ANALYTICS]
-STEPS = ["choose", "fence", "promote", "relabel", "repoint", "pgbouncer"]  # decide.STEPS, in order
+STEPS = list(decide.STEPS)  # in order
 
 
 def sized(cluster: dict) -> dict:
@@ -73,41 +73,27 @@ class Clusters:
                      check=False)
 
 
-@dataclass
-class Outcome:
-    run: FailoverRun
-    lost: list[int]
+def report(run: FailoverRun, what: str) -> str:
+    sampler = run.sampler
+    return (f"{what}: {run.old} -> {run.new} in {run.entry['durationSeconds']} s "
+            f"(steps {run.entry['stepSeconds']}); longest write gap {run.longest_gap():.1f} s; "
+            f"acked {len(run.writer.acked)}, failed {len(run.writer.failures)}, lost {len(run.lost)}; "
+            f"{sampler.samples} writability samples, {len(sampler.overlaps)} with two writable")
 
-    @property
-    def entry(self) -> dict:
-        return self.run.entry
 
-    @property
-    def old(self) -> str:
-        return self.run.old
-
-    @property
-    def new(self) -> str:
-        return self.run.new
-
-    @property
-    def writer(self) -> Writer:
-        return self.run.writer
-
-    def report(self, what: str) -> str:
-        sampler = self.run.sampler
-        return (f"{what}: {self.old} -> {self.new} in {self.entry['durationSeconds']} s "
-                f"(steps {self.entry['stepSeconds']}); longest write gap {self.run.longest_gap():.1f} s; "
-                f"acked {len(self.writer.acked)}, failed {len(self.writer.failures)}, lost {len(self.lost)}; "
-                f"{sampler.samples} writability samples, {len(sampler.overlaps)} with two writable")
+def failover_since(view: ClusterView, previous: str | None, step: str) -> dict | None:
+    """status.failover once a failover started after `previous` (the startedAt recorded
+    before the fault) has recorded `step`; None before (the old record still shows)."""
+    state = view.status().get("failover") or {}
+    return state if state.get("startedAt") != previous and step in (state.get("steps") or {}) else None
 
 
 def under_load(view: ClusterView, run: str, fault: Callable[[str], None], kind: str = "failover",
-               after_fault: Callable[[], None] | None = None) -> Outcome:
+               after_fault: Callable[[], None] | None = None) -> FailoverRun:
     """load.fail_over_under_load, then what every failover must show."""
-    result = fail_over_under_load(view, run, fault, INSTANCES, after_fault, FAILOVER_TIMEOUT, REJOIN_TIMEOUT)
-    outcome = Outcome(result, result.writer.lost())
-    print("\n" + outcome.report(run))
+    outcome = fail_over_under_load(view, run, fault, INSTANCES, after_fault, FAILOVER_TIMEOUT, REJOIN_TIMEOUT)
+    outcome.lost = outcome.writer.lost()
+    print("\n" + report(outcome, run))
     entry, old = outcome.entry, outcome.old
     assert entry["kind"] == kind and entry["from"] == old
     recorded = view.status()["failover"]
@@ -122,9 +108,9 @@ def under_load(view: ClusterView, run: str, fault: Callable[[str], None], kind: 
     # (asked until it answers: once, right after it streamed, its address refused a connection)
     wait_for(lambda: sql_or_none(view, old, "SELECT pg_is_in_recovery()") == [(True,)], 60,
              f"{old} answering read-only", interval=1)
-    assert result.sampler.overlaps == [], f"two writable instances at once: {result.sampler.overlaps}"
+    assert outcome.sampler.overlaps == [], f"two writable instances at once: {outcome.sampler.overlaps}"
     # sampled from before the fault until the failover was over
-    assert result.sampler.first_at < result.fault_at < result.fault_at + 1 < result.sampler.last_at
+    assert outcome.sampler.first_at < outcome.fault_at < outcome.fault_at + 1 < outcome.sampler.last_at
     return outcome
 
 
@@ -135,7 +121,7 @@ def sql_or_none(view: ClusterView, instance: str, statement: str) -> list[tuple]
         return None
 
 
-def assert_lost_writes_are_the_newest(outcome: Outcome) -> None:
+def assert_lost_writes_are_the_newest(outcome: FailoverRun) -> None:
     """Without synchronous replication acknowledged writes may be lost, but only the last
     ones before the fault (WAL is one stream): never a hole."""
     if outcome.lost:

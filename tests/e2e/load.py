@@ -248,6 +248,7 @@ class FailoverRun:
     fault_at: float  # time.monotonic() of the fault
     fault_wall: float  # time.time() of the fault (status timestamps are wall clock)
     rejoined_after: float  # seconds from the fault until every instance streamed again
+    lost: list[int] = field(default_factory=list)  # acknowledged ids missing afterwards (filled by the caller)
 
     @property
     def new(self) -> str:

@@ -21,7 +21,7 @@ import time
 import pytest
 
 from failovers import (ANALYTICS, FAILOVER_TIMEOUT, INSTANCES, REJOIN_TIMEOUT, STEPS, Freezer,
-                       assert_lost_writes_are_the_newest, delete_pod, freeze_walreceivers, kill_postgres, lease_holder, operator_pods, under_load)
+                       assert_lost_writes_are_the_newest, delete_pod, failover_since, freeze_walreceivers, kill_postgres, lease_holder, operator_pods, under_load)
 from support import OPERATOR_NAMESPACE, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -185,10 +185,6 @@ def test_failover_resumes_after_the_operator_is_killed_at_each_step(kubectl, clu
         wait_for(lambda: len(pods := operator_pods(kubectl)) == 1 and lease_holder(kubectl)
                  == pods[0]["metadata"]["name"], 120, "the new operator pod to hold the Lease")
 
-    def this_failover() -> dict | None:
-        state = view.status().get("failover") or {}
-        return state if state.get("startedAt") != previous else None
-
     def fault(instance: str) -> None:
         if step == "choose":
             frozen.append(Freezer(kubectl, view.namespace, f"{instance}-0"))
@@ -202,10 +198,10 @@ def test_failover_resumes_after_the_operator_is_killed_at_each_step(kubectl, clu
         killed = []
 
         def kill_operator_after_the_step() -> None:
-            held = wait_for(lambda: (f := this_failover()) and step in (f.get("steps") or {}) and f,
-                            FAILOVER_TIMEOUT, f"the {step} step recorded", interval=0.3)
+            held = wait_for(lambda: failover_since(view, previous, step), FAILOVER_TIMEOUT, f"the {step} step recorded",
+                            interval=0.3)
             time.sleep(5)
-            still = this_failover()
+            still = failover_since(view, previous, step)
             assert still["phase"] == "Running" and following not in still["steps"], f"the hold did not hold: {still}"
             pod = operator_pods(kubectl)[0]["metadata"]["name"]
             kubectl("-n", OPERATOR_NAMESPACE, "delete", "pod", pod, "--grace-period=0", "--force")

@@ -25,7 +25,7 @@ import time
 import pytest
 
 from failovers import (ANALYTICS, FAILOVER_TIMEOUT, INSTANCES, REJOIN_TIMEOUT, Freezer, assert_lost_writes_are_the_newest,
-                       freeze_walreceivers, in_pod_network, kill_postgres, lease_holder, operator_pods, under_load)
+                       failover_since, freeze_walreceivers, in_pod_network, kill_postgres, lease_holder, operator_pods, under_load)
 from support import OPERATOR_NAMESPACE, REPO, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -100,7 +100,7 @@ def test_a_brief_hang_is_a_blip_a_longer_one_a_failover(kubectl, clusters):
         for freezer in frozen:
             freezer.thaw()  # the fence killed them (SIGKILL ends stopped processes): a no-op then
     started = outcome.entry["startedAt"]
-    waited = datetime.datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp() - outcome.run.fault_wall
+    waited = datetime.datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp() - outcome.fault_wall
     print(f"hang: failover started {waited:.1f} s after the freeze; reason: {outcome.entry['reason']}")
     assert f"failed {THRESHOLD} consecutive checks" in outcome.entry["reason"]
     assert waited >= (THRESHOLD - 1) * INTERVAL
@@ -220,12 +220,9 @@ def test_a_fence_the_api_refuses_is_retried_until_it_is_allowed(kubectl, cluster
     stuck: list[dict] = []
     previous = (view.status().get("failover") or {}).get("startedAt")
 
-    def this_failover() -> dict | None:
-        state = view.status().get("failover") or {}
-        return state if state.get("startedAt") != previous and "choose" in (state.get("steps") or {}) else None
-
     def while_forbidden() -> None:
-        state = wait_for(this_failover, FAILOVER_TIMEOUT, "the failover to start", interval=0.3)
+        state = wait_for(lambda: failover_since(view, previous, "choose"), FAILOVER_TIMEOUT, "the failover to start",
+                         interval=0.3)
         time.sleep(4 * INTERVAL)  # several checks, each refused at the fence
         now = view.status()
         stuck.append(now["failover"])
