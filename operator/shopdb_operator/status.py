@@ -4,6 +4,7 @@ from __future__ import annotations
 
 READY = "Ready"
 RECONCILED = "Reconciled"
+FAILOVER_BLOCKED = "FailoverBlocked"  # True while the recorded failover is refused
 
 PHASE_CREATING = "Creating"
 PHASE_READY = "Ready"

@@ -229,6 +229,18 @@ class ClusterView:
         rows = self.sql(self.primary(), "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'")
         return {r[0] for r in rows}
 
+    def logs(self, instance: str, lines: int = 40) -> str:
+        """The instance's PostgreSQL container log, and its previous run's when it restarted:
+        what a failed wait prints, so that a rejoin that never happened can be explained."""
+        parts = []
+        for previous in (True, False):
+            args = ["kubectl", "--kubeconfig", self.kubeconfig, "-n", self.namespace, "logs", f"{instance}-0",
+                    "-c", "postgres", f"--tail={lines}", *(["--previous"] if previous else [])]
+            proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
+            if proc.returncode == 0 and proc.stdout.strip():
+                parts.append(f"--- {instance} {'previous' if previous else 'current'} container ---\n{proc.stdout}")
+        return "\n".join(parts) or f"--- {instance}: no container log ---"
+
     def all_replicas_stream(self, instances: list[str]) -> bool:
         try:
             primary = self.primary()
@@ -285,8 +297,15 @@ def fail_over_under_load(view: ClusterView, run: str, fault: Callable[[str], Non
         done = time.monotonic()
         wait_for(lambda: writer.acked_after(done) >= 20, 120, "writes through PgBouncer after the failover",
                  interval=0.2)
-        wait_for(lambda: view.all_replicas_stream(instances), rejoin_timeout,
-                 f"every instance, {old} too, streaming from the new primary", interval=0.5)
+        try:
+            wait_for(lambda: view.all_replicas_stream(instances), rejoin_timeout,
+                     f"every instance, {old} too, streaming from the new primary", interval=0.5)
+        except AssertionError as err:
+            try:
+                missing = sorted(set(instances) - {view.primary()} - view.streaming_replicas())
+            except (psycopg.Error, KeyError, RuntimeError):
+                missing = [old]
+            raise AssertionError("\n".join([str(err), *(view.logs(i) for i in missing)])) from None
         rejoined = time.monotonic() - fault_at
     finally:
         writer.stop()

@@ -95,8 +95,9 @@ def test_analytics_is_never_promoted_even_when_most_up_to_date(kubectl, clusters
         assert refused["failover"]["refusal"]["reason"] == "CandidateTooFarBehind"
         blocked = next(c for c in refused["conditions"] if c["type"] == "FailoverBlocked")
         assert blocked["status"] == "True" and blocked["reason"] == "CandidateTooFarBehind"
-        events = kubectl.json("-n", namespace, "get", "events", "--field-selector", "type=Warning")["items"]
-        assert any(e["reason"] == "CandidateTooFarBehind" for e in events)
+        wait_for(lambda: any(e["reason"] == "CandidateTooFarBehind" for e in kubectl.json(
+            "-n", namespace, "get", "events", "--field-selector", "type=Warning")["items"]), 30,
+            "the CandidateTooFarBehind Warning Event (posted after the record)")
         time.sleep(6)  # three more checks: still refused, and nobody writable
         assert view.status()["failover"]["phase"] == "Refused"
         assert view.sql(ANALYTICS, "SELECT pg_is_in_recovery()") == [(True,)]

@@ -303,6 +303,15 @@ def test_a_refused_failover_is_retried_but_a_refused_switchover_ends():
     assert not decide.is_running(switchover)
 
 
+def test_the_blocked_condition_follows_the_record_phase():
+    refusal = Refusal(decide.TOO_FAR_BEHIND, "shop-2 lags 4096 bytes")
+    refused = decide.refuse(decide.start(decide.FAILOVER, "shop-1", "down", T0), refusal)
+    assert decide.blocking(refused) == refusal
+    assert decide.blocking(decide.mark_step(refused, decide.CHOOSE, T0, to="shop-2")) is None
+    assert decide.blocking(decide.cancel(refused, T0)) is None  # cancelled keeps the old refusal text
+    assert decide.blocking(None) is None
+
+
 def test_a_failover_before_the_fence_is_cancelled_when_the_primary_is_back():
     state = decide.start(decide.FAILOVER, "shop-1", "down", T0)
     assert decide.should_cancel(state, primary_healthy=True)

@@ -255,6 +255,15 @@ def should_cancel(state: dict, primary_healthy: bool) -> bool:
             and FENCE not in (state.get("steps") or {}))
 
 
+def blocking(state: dict | None) -> Refusal | None:
+    """What the FailoverBlocked condition says for a failover record: its refusal while it
+    is refused; nothing once it runs again, completes or is cancelled."""
+    if not state or state.get("phase") != REFUSED:
+        return None
+    refusal = state.get("refusal") or {}
+    return Refusal(refusal.get("reason") or "Refused", refusal.get("message") or "")
+
+
 def cancel(state: dict, now: datetime.datetime) -> dict:
     return {**state, "phase": CANCELLED, "finishedAt": timestamp(now)}
 

@@ -1,7 +1,9 @@
 """kopf wiring: one idempotent reconcile for create, update and resume, a timer that
 re-applies (undoing drift) and records the observed state in status, and (handlers/
 failover.py) the failover daemon. All three hold the cluster's lock and read its status
-fresh from the API server, so none writes back a topology another has just changed."""
+fresh from the API server, so none writes back a topology another has just changed;
+conditions are written against the live list with a resourceVersion precondition
+(Kube.update_status), so none drops a condition another has just set."""
 
 from __future__ import annotations
 
@@ -43,15 +45,21 @@ def _fresh(namespace: str, name: str) -> dict | None:
     return kube().get(f"{GROUP}/{VERSION}", KIND, namespace, name)
 
 
-def _record(namespace: str, name: str, status: dict) -> None:
-    kube().merge_patch(f"{GROUP}/{VERSION}", KIND, namespace, name, {"status": status}, subresource="status")
+def _record(namespace: str, name: str, status: dict, conditions) -> None:
+    """Write `status` with conditions computed from the live list (a failover's condition,
+    written meanwhile by the daemon or another replica, is kept)."""
+    kube().update_status(f"{GROUP}/{VERSION}", KIND, namespace, name, status, conditions)
 
 
-def _refuse(body, namespace: str, name: str, status: dict, problems: list[str], generation) -> None:
+def _refuse(body, namespace: str, name: str, problems: list[str], generation) -> None:
     message = "; ".join(problems)
-    conditions = set_condition(status.get("conditions"), READY, False, "InvalidSpec", message, generation, _now())
-    conditions = set_condition(conditions, RECONCILED, False, "InvalidSpec", message, generation, _now())
-    _record(namespace, name, {"conditions": conditions, "phase": PHASE_INVALID})
+
+    def conditions(live, _):
+        now = _now()
+        live = set_condition(live, READY, False, "InvalidSpec", message, generation, now)
+        return set_condition(live, RECONCILED, False, "InvalidSpec", message, generation, now)
+
+    _record(namespace, name, {"phase": PHASE_INVALID}, conditions)
     kopf.warn(body, reason="InvalidSpec", message=message)
 
 
@@ -68,15 +76,15 @@ def reconcile(name, namespace, uid, body, logger, **_) -> None:
         try:
             outcome = rec.reconcile(kube(), name, namespace, uid, spec, status, generation)
         except InvalidSpec as err:
-            _refuse(body, namespace, name, status, err.problems, generation)
+            _refuse(body, namespace, name, err.problems, generation)
             raise kopf.PermanentError(f"InvalidSpec: {err}") from None
         except KubeError as err:
             if err.status in (400, 403, 422):
                 raise kopf.TemporaryError(f"the API server refused a child object: {err}", delay=30) from None
             raise kopf.TemporaryError(str(err), delay=5) from None
-        conditions = set_condition(status.get("conditions"), RECONCILED, True, "Applied",
-                                   f"{outcome.applied} objects applied", generation, _now())
-        _record(namespace, name, {**outcome.status, "conditions": conditions})
+        _record(namespace, name, outcome.status,
+                lambda live, _: set_condition(live, RECONCILED, True, "Applied",
+                                              f"{outcome.applied} objects applied", generation, _now()))
     if outcome.created_secrets:
         kopf.event(body, type="Normal", reason="CredentialsCreated",
                    message=f"created Secrets {', '.join(outcome.created_secrets)}")
@@ -100,15 +108,19 @@ def keep_in_sync(name, namespace, uid, logger, **_) -> None:
             return  # the condition set by reconcile() already says why
         rec.apply_objects(kube(), ctx, rec.desired_objects(ctx))
         observed = rec.observed_status(kube(), ctx, status.get("health"))
-        conditions = set_condition(status.get("conditions"), READY, observed["allReady"],
-                                   "AllInstancesReady" if observed["allReady"] else "InstancesNotReady",
-                                   f"{observed['readyInstances']} instances ready", generation, _now())
-        if condition(conditions, RECONCILED) is None:
-            conditions = set_condition(conditions, RECONCILED, True, "Applied", "", generation, _now())
+
+        def conditions(live, _):
+            live = set_condition(live, READY, observed["allReady"],
+                                 "AllInstancesReady" if observed["allReady"] else "InstancesNotReady",
+                                 f"{observed['readyInstances']} instances ready", generation, _now())
+            if condition(live, RECONCILED) is None:
+                live = set_condition(live, RECONCILED, True, "Applied", "", generation, _now())
+            return live
+
         _record(namespace, name, {
             "instances": observed["instances"], "readyInstances": observed["readyInstances"],
-            "phase": observed["phase"], "maxLagBytes": observed["maxLagBytes"], "conditions": conditions,
-        })
+            "phase": observed["phase"], "maxLagBytes": observed["maxLagBytes"],
+        }, conditions)
 
 
 from . import failover  # noqa: E402,F401  (registers the failover daemon)

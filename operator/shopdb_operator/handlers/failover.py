@@ -29,14 +29,12 @@ from ..failover.adapters import (SWITCHOVER_ANNOTATION, KubeCluster, PgBouncerPo
                                  pgbouncer_addresses, pod_address, secret_password)
 from ..kube.client import Kube, KubeError
 from ..kube.lease import Lease
-from ..status import set_condition
 from ..topology import Topology, plan_topology
 from .clients import kube
 from .locks import cluster_lock
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 ANNOTATION_SWITCHOVER = SWITCHOVER_ANNOTATION
-FAILOVER_BLOCKED = "FailoverBlocked"
 HOLD_AFTER_STEP_ENV = "SHOPDB_TEST_HOLD_AFTER_STEP"  # tests only: see _hold_for_a_test
 WAIT_IN_CHECK_SECONDS = 3  # a failover step that waits is re-tried within one check this long
 WAIT_POLL_SECONDS = 0.25
@@ -81,7 +79,6 @@ class Check:
     topology: Topology
     observations: dict[str, decide.Observation]
     pods: dict[str, dict]
-    generation: int | None = None
 
 
 def observe(kube: Kube, name: str, namespace: str, spec: ClusterSpec, status: dict, annotations: dict,
@@ -137,19 +134,6 @@ class Actor:
         return execute.Plan(self.check.topology, self.check.spec, self.check.spec.postgres.database,
                             tuple(self.check.status.get("failoverHistory") or ()))
 
-    def set_blocked(self, refusal: decide.Refusal | None) -> None:
-        conditions = self.check.status.get("conditions")
-        current = next((c for c in conditions or [] if c.get("type") == FAILOVER_BLOCKED), None)
-        blocked = refusal is not None
-        reason = refusal.reason if refusal else "NotBlocked"
-        if current and current.get("status") == str(blocked) and current.get("reason") == reason:
-            return
-        conditions = set_condition(conditions, FAILOVER_BLOCKED, blocked, reason, refusal.message if refusal else "",
-                                   self.check.generation, decide.timestamp(_now()))
-        self.cluster.record({"conditions": conditions})
-        self.check.status["conditions"] = conditions
-
-
 def run_failover(kube: Kube, actor: Actor, state: dict, name: str, namespace: str, password: str,
                  logger) -> dict:
     """Run steps while they make progress (a whole failover usually fits in one check).
@@ -165,10 +149,7 @@ def run_failover(kube: Kube, actor: Actor, state: dict, name: str, namespace: st
                                   actor.poolers, _now())
         state = result.state
         if result.refusal is not None:
-            if state.get("kind") == decide.SWITCHOVER and decide.FENCE not in state.get("steps", {}):
-                actor.cluster.record({"failover": state})  # a refused request ends here
-            actor.set_blocked(result.refusal)
-            return state
+            return state  # recorded, with the FailoverBlocked condition (a refused switchover simply ends)
         if result.step and result.step == os.environ.get(HOLD_AFTER_STEP_ENV):
             _hold_for_a_test(result.step, logger)
         if result.waiting:
@@ -178,11 +159,8 @@ def run_failover(kube: Kube, actor: Actor, state: dict, name: str, namespace: st
             time.sleep(WAIT_POLL_SECONDS)
         elif result.step is None or result.completed:
             break
-        generation = check.generation
         check = observe(kube, name, namespace, check.spec, check.status, check.annotations, password)
-        check.generation = generation
         actor.check = check
-    actor.set_blocked(None)
     return state
 
 
@@ -224,7 +202,6 @@ def check_cluster(kube: Kube, memory: Memory, name: str, namespace: str, body: d
     memory.recorded_primary = None
     annotations = dict((body.get("metadata") or {}).get("annotations") or {})
     check = observe(kube, name, namespace, spec, status, annotations, password)
-    check.generation = (body.get("metadata") or {}).get("generation")
     primary = check.topology.primary
     if not decide.nothing_reachable(check.observations):
         memory.tracker = memory.tracker.record(primary, check.observations.get(primary))
@@ -243,7 +220,6 @@ def check_cluster(kube: Kube, memory: Memory, name: str, namespace: str, body: d
     state = status.get("failover")
     if decide.is_running(state) and decide.should_cancel(state, memory.tracker.failures == 0):
         actor.cluster.record({"failover": decide.cancel(state, now)})
-        actor.set_blocked(None)
         post_event("Normal", "FailoverCancelled", f"{primary} answers as a writable primary again")
         return
     if decide.is_running(state):

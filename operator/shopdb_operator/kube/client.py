@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import kubernetes
 from kubernetes.client import ApiClient, Configuration
@@ -128,6 +128,48 @@ class Kube:
                     subresource: str | None = None) -> dict:
         path = resource_path(api_version, kind, namespace, name, subresource)
         return self.request("PATCH", path, body=patch, content_type="application/merge-patch+json")
+
+    def update_status(self, api_version: str, kind: str, namespace: str, name: str, fields: dict,
+                      conditions: Callable[[list[dict], int | None], list[dict]] | None = None,
+                      attempts: int = 5) -> bool:
+        """Merge `fields` into the object's status; False when the object is gone.
+
+        A merge patch replaces a list whole, so `conditions` (the live conditions and the
+        live generation -> the new list) is computed from what the API server holds now and
+        written with that resourceVersion as a precondition: a condition that another writer
+        (another handler, another operator replica) set in between is never overwritten.
+        A 409 Conflict reads again and recomputes.
+        """
+        if conditions is None:
+            try:
+                self.merge_patch(api_version, kind, namespace, name, {"status": fields}, subresource="status")
+            except KubeError as err:
+                if err.status == 404:
+                    return False
+                raise
+            return True
+        attempt = 0
+        while True:
+            attempt += 1
+            current = self.get(api_version, kind, namespace, name)
+            if current is None:
+                return False
+            meta = current["metadata"]
+            live = (current.get("status") or {}).get("conditions") or []
+            wanted = conditions(live, meta.get("generation"))
+            if wanted == live and not fields:
+                return True
+            patch = {"metadata": {"resourceVersion": meta["resourceVersion"]},
+                     "status": {**fields, "conditions": wanted}}
+            try:
+                self.merge_patch(api_version, kind, namespace, name, patch, subresource="status")
+                return True
+            except KubeError as err:
+                if err.status == 404:
+                    return False
+                if err.status != 409 or attempt >= attempts:
+                    raise
+                log.debug("status of %s/%s changed meanwhile: reading it again", namespace, name)
 
     def delete(self, api_version: str, kind: str, namespace: str | None, name: str,
                propagation: str = "Background", grace_seconds: int | None = None) -> bool:
