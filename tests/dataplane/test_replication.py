@@ -46,6 +46,16 @@ def test_every_replica_streams_from_its_slot_and_is_read_only(shop_cluster):
             conn.execute("INSERT INTO shops (name, slug) VALUES ('x', 'x')")
 
 
+def test_a_walreceiver_cannot_be_restarted_over_sql(shop_cluster):
+    """Why the failover's repoint step rewrites nothing: pg_terminate_backend() refuses the
+    walreceiver (an auxiliary process), so a receiver stuck on a dead primary waits for
+    wal_receiver_timeout; the Service name in primary_conninfo does the re-pointing."""
+    replica = shop_cluster.replicas[0]
+    assert replica.query("SELECT status FROM pg_stat_wal_receiver") == [("streaming",)]
+    assert replica.query("SELECT pg_terminate_backend(pid) FROM pg_stat_wal_receiver") == [(False,)]
+    assert replica.query("SELECT status FROM pg_stat_wal_receiver") == [("streaming",)]
+
+
 def test_writes_on_the_primary_are_visible_on_every_replica(shop_cluster):
     slug = "visible-" + secrets.token_hex(4)
     with shop_cluster.primary.connect("shop", "shop") as conn:
