@@ -16,7 +16,8 @@ work from any venv. Tests get:
 - ``cluster``: path of an admin kubeconfig (session scope);
 - ``kubectl``: a helper running kubectl against it;
 - ``namespace``: a fresh namespace per test, deleted afterwards;
-- ``images``: the image names to use (env ``SHOPDB_IMAGE_*`` overrides).
+- ``images``: the image names to use (env ``SHOPDB_IMAGE_*`` overrides);
+- ``kube``: the operator's own API client on that kubeconfig (imported when asked for).
 """
 from __future__ import annotations
 
@@ -179,6 +180,16 @@ def namespace(kubectl, request) -> str:
         time.sleep(0.5)
     yield name
     kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.fixture
+def kube(kubectl):
+    import kubernetes
+    from shopdb_operator.kube.client import Configuration, Kube
+
+    config = Configuration()
+    kubernetes.config.load_kube_config(config_file=kubectl.kubeconfig, client_configuration=config)
+    return Kube(config)
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,9 @@ from __future__ import annotations
 import datetime
 import threading
 
-import kubernetes
 import pytest
 
-from shopdb_operator.kube.client import Configuration, Kube
+from shopdb_operator.kube.client import Kube
 from shopdb_operator.kube.lease import API_VERSION, LEASE_DURATION_SECONDS, Lease
 
 pytestmark = pytest.mark.e2e
@@ -21,13 +20,6 @@ T0 = datetime.datetime(2026, 11, 24, 22, 0, 0, tzinfo=datetime.timezone.utc)
 
 def at(seconds: float) -> datetime.datetime:
     return T0 + datetime.timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def kube(kubectl) -> Kube:
-    config = Configuration()
-    kubernetes.config.load_kube_config(config_file=kubectl.kubeconfig, client_configuration=config)
-    return Kube(config)
 
 
 def stored(kube: Kube, namespace: str, name: str = "shopdb-operator") -> dict:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime
 import json
 
-import kubernetes
 import pytest
 import yaml
 from support import REPO, example_cluster
@@ -21,7 +20,7 @@ from support import REPO, example_cluster
 from shopdb_operator import GROUP, KIND, VERSION
 from shopdb_operator.failover import decide
 from shopdb_operator.failover.adapters import KubeCluster
-from shopdb_operator.kube.client import Configuration, Kube, KubeError, resource_path
+from shopdb_operator.kube.client import Kube, KubeError, resource_path
 from shopdb_operator.status import FAILOVER_BLOCKED, READY, RECONCILED, condition, set_condition
 
 pytestmark = pytest.mark.e2e
@@ -38,13 +37,6 @@ def crd(kubectl):
     # Helm tests install their own CRD and refuse to adopt one that kubectl created.
     kubectl("delete", "-f", str(REPO / "crds"), "--ignore-not-found", "--wait=true", "--timeout=120s", check=False,
             timeout=180)
-
-
-@pytest.fixture
-def kube(kubectl) -> Kube:
-    config = Configuration()
-    kubernetes.config.load_kube_config(config_file=kubectl.kubeconfig, client_configuration=config)
-    return Kube(config)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from .. import GROUP, KIND, VERSION, postgres
 from ..builders.common import COMPONENT, LABEL_CLUSTER, LABEL_INSTANCE, PGBOUNCER, POSTGRES, POSTGRES_PORT
 from ..builders.secrets import PGBOUNCER_ADMIN_USER, SUPERUSER
 from ..kube.client import Kube, KubeError
-from ..status import FAILOVER_BLOCKED, condition, set_condition
+from ..status import FAILOVER_BLOCKED, set_condition
 from . import decide
 from .decide import parse_timestamp
 
@@ -54,25 +54,15 @@ class KubeCluster:
         """A failover record carries the FailoverBlocked condition in the same write, so
         nobody reads a refused (or completed) failover with a condition that says otherwise."""
         state = status.get("failover")
-        if not isinstance(state, dict):
+        refusal = decide.blocking(state) if isinstance(state, dict) else None
+        blocked = (refusal is not None, *((refusal.reason, refusal.message) if refusal else ("NotBlocked", "")))
+        if not isinstance(state, dict) or blocked == self._blocked:
             self.kube.update_status(f"{GROUP}/{VERSION}", KIND, self.namespace, self.name, status)
             return
-        refusal = decide.blocking(state)
-        blocked = refusal is not None
-        reason, message = (refusal.reason, refusal.message) if refusal else ("NotBlocked", "")
-        if (blocked, reason, message) == self._blocked:
-            self.kube.update_status(f"{GROUP}/{VERSION}", KIND, self.namespace, self.name, status)
-            return
-
-        def conditions(live: list[dict], generation: int | None) -> list[dict]:
-            current = condition(live, FAILOVER_BLOCKED) or {}
-            if (current.get("status"), current.get("reason"), current.get("message")) == (str(blocked), reason, message):
-                return live
-            now = decide.timestamp(datetime.datetime.now(datetime.timezone.utc))
-            return set_condition(live, FAILOVER_BLOCKED, blocked, reason, message, generation, now)
-
-        self.kube.update_status(f"{GROUP}/{VERSION}", KIND, self.namespace, self.name, status, conditions)
-        self._blocked = (blocked, reason, message)
+        now = decide.timestamp(datetime.datetime.now(datetime.timezone.utc))
+        self.kube.update_status(f"{GROUP}/{VERSION}", KIND, self.namespace, self.name, status,
+                                lambda live, gen: set_condition(live, FAILOVER_BLOCKED, *blocked, gen, now))
+        self._blocked = blocked
 
     def set_pod_labels(self, instance: str, labels: dict[str, str | None]) -> None:
         try:
