@@ -15,9 +15,10 @@ import psycopg
 import yaml
 from shopdb_operator.failover import decide
 
-from load import ClusterView, FailoverRun, fail_over_under_load
+from load import ClusterView, FailoverRun, kubectl_json, fail_over_under_load
 from support import OPERATOR_NAMESPACE, apply_schema_config_map, example_cluster, wait_for
 
+PRIMARY_CPU, REPLICA_CPU = "500m", "250m"  # sized()
 READY_TIMEOUT = 600
 FAILOVER_TIMEOUT = 180
 REJOIN_TIMEOUT = 300
@@ -30,8 +31,8 @@ def sized(cluster: dict) -> dict:
     """Enough CPU that a primary under the test's writes, rewinds and clones answers its
     health checks in time (requests are limits: 100m starved it into a false failover)."""
     spec = cluster["spec"]
-    spec["postgres"]["resources"] = {"primary": {"cpu": "500m", "memory": "512Mi"},
-                                     "replica": {"cpu": "250m", "memory": "256Mi"}}
+    spec["postgres"]["resources"] = {"primary": {"cpu": PRIMARY_CPU, "memory": "512Mi"},
+                                     "replica": {"cpu": REPLICA_CPU, "memory": "256Mi"}}
     spec["pgbouncer"]["resources"] = {"cpu": "50m", "memory": "64Mi"}
     spec["redis"]["resources"] = {"cpu": "50m", "memory": "64Mi"}
     return cluster
@@ -109,9 +110,26 @@ def under_load(view: ClusterView, run: str, fault: Callable[[str], None], kind: 
     wait_for(lambda: sql_or_none(view, old, "SELECT pg_is_in_recovery()") == [(True,)], 60,
              f"{old} answering read-only", interval=1)
     assert outcome.sampler.overlaps == [], f"two writable instances at once: {outcome.sampler.overlaps}"
+    # every template asks for its instance's new role's resources, and the old primary's pod,
+    # recreated right after the fence, came up with a replica's (a stale template gave some
+    # replicas a primary's CPU, until after a few failovers one pod no longer fit the node)
+    expected = {i: PRIMARY_CPU if i == outcome.new else REPLICA_CPU for i in INSTANCES}
+    assert template_cpu(view) == expected
+    old_pod = kubectl_json(view.kubeconfig, "-n", view.namespace, "get", "pod", f"{old}-0")
+    assert postgres_container(old_pod["spec"])["resources"]["requests"]["cpu"] == REPLICA_CPU
     # sampled from before the fault until the failover was over
     assert outcome.sampler.first_at < outcome.fault_at < outcome.fault_at + 1 < outcome.sampler.last_at
     return outcome
+
+
+def postgres_container(pod_spec: dict) -> dict:
+    return next(c for c in pod_spec["containers"] if c["name"] == "postgres")
+
+
+def template_cpu(view: ClusterView) -> dict[str, str]:
+    """Instance -> the CPU its StatefulSet's pod template requests."""
+    return {i: postgres_container(kubectl_json(view.kubeconfig, "-n", view.namespace, "get", "statefulset", i)
+                                  ["spec"]["template"]["spec"])["resources"]["requests"]["cpu"] for i in INSTANCES}
 
 
 def sql_or_none(view: ClusterView, instance: str, statement: str) -> list[tuple] | None:

@@ -28,7 +28,7 @@ POSTGRES_PORT = 5432
 PROBE_TABLE = "failover_probe"
 
 
-def _kubectl_json(kubeconfig: str, *args: str) -> dict:
+def kubectl_json(kubeconfig: str, *args: str) -> dict:
     proc = subprocess.run(["kubectl", "--kubeconfig", kubeconfig, *args, "-o", "json"], capture_output=True,
                           text=True, timeout=60)
     if proc.returncode != 0:
@@ -37,17 +37,17 @@ def _kubectl_json(kubeconfig: str, *args: str) -> dict:
 
 
 def secret(kubeconfig: str, namespace: str, name: str) -> str:
-    data = _kubectl_json(kubeconfig, "-n", namespace, "get", "secret", name)["data"]
+    data = kubectl_json(kubeconfig, "-n", namespace, "get", "secret", name)["data"]
     return base64.b64decode(data["password"]).decode()
 
 
 def service_ip(kubeconfig: str, namespace: str, name: str) -> str:
-    return _kubectl_json(kubeconfig, "-n", namespace, "get", "service", name)["spec"]["clusterIP"]
+    return kubectl_json(kubeconfig, "-n", namespace, "get", "service", name)["spec"]["clusterIP"]
 
 
 def instance_addresses(kubeconfig: str, namespace: str, cluster: str) -> dict[str, str]:
     """Instance name -> pod IP, for the database pods that have one and are not deleting."""
-    pods = _kubectl_json(kubeconfig, "-n", namespace, "get", "pods", "-l",
+    pods = kubectl_json(kubeconfig, "-n", namespace, "get", "pods", "-l",
                          f"shopdb.io/cluster={cluster},app.kubernetes.io/component=postgres")["items"]
     return {p["metadata"]["labels"]["shopdb.io/instance"]: p["status"]["podIP"] for p in pods
             if (p.get("status") or {}).get("podIP")}
@@ -202,7 +202,7 @@ class ClusterView:
         self.pgbouncer = service_ip(kubeconfig, namespace, f"{name}-pgbouncer")
 
     def status(self) -> dict:
-        return _kubectl_json(self.kubeconfig, "-n", self.namespace, "get", "sdc", self.name).get("status") or {}
+        return kubectl_json(self.kubeconfig, "-n", self.namespace, "get", "sdc", self.name).get("status") or {}
 
     def primary(self) -> str:
         return self.status()["currentPrimary"]

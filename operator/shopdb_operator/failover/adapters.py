@@ -12,10 +12,12 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Callable
 
 from .. import GROUP, KIND, VERSION, postgres
-from ..builders.common import COMPONENT, LABEL_CLUSTER, LABEL_INSTANCE, PGBOUNCER, POSTGRES, POSTGRES_PORT
+from ..builders.common import (COMPONENT, LABEL_CLUSTER, LABEL_INSTANCE, LABEL_ROLE, PGBOUNCER, POSTGRES, POSTGRES_PORT,
+                               route_label)
 from ..builders.secrets import PGBOUNCER_ADMIN_USER, SUPERUSER
 from ..kube.client import Kube, KubeError
 from ..status import FAILOVER_BLOCKED, set_condition
+from ..topology import PRIMARY, REPLICA
 from . import decide
 from .decide import parse_timestamp
 
@@ -46,8 +48,10 @@ def pod_address(pod: dict | None) -> Address | None:
 class KubeCluster:
     """Cluster (execute.py) for one ShopDatabaseCluster."""
 
-    def __init__(self, kube: Kube, namespace: str, name: str, event: Callable[[str, str, str], None]):
+    def __init__(self, kube: Kube, namespace: str, name: str, event: Callable[[str, str, str], None],
+                 templates: Callable[[dict], list[dict] | None] = lambda topology: None):
         self.kube, self.namespace, self.name, self._event = kube, namespace, name, event
+        self._templates = templates  # topology record -> the instances' manifests (None: spec refused)
         self._blocked: tuple | None = None  # the FailoverBlocked condition this object last wrote
 
     def record(self, status: dict) -> None:
@@ -71,7 +75,22 @@ class KubeCluster:
             if err.status != 404:
                 raise
 
-    def set_template_labels(self, instance: str, labels: dict[str, str | None]) -> None:
+    def apply_templates(self, topology: dict) -> None:
+        manifests = self._templates(topology)
+        if manifests is None:
+            # The spec cannot be applied now (an unsafe change is refused): at least every
+            # recreated pod starts with its role (instance.sh reads it at start).
+            routes = topology.get("routes") or {}
+            for instance in topology.get("pool") or []:
+                labels: dict[str, str | None] = {
+                    LABEL_ROLE: PRIMARY if instance == topology.get("currentPrimary") else REPLICA}
+                labels |= {route_label(r): "true" if on == instance else None for r, on in routes.items()}
+                self._template_labels(instance, labels)
+            return
+        for manifest in manifests:
+            self.kube.apply(manifest)
+
+    def _template_labels(self, instance: str, labels: dict[str, str | None]) -> None:
         try:
             self.kube.merge_patch("apps/v1", "StatefulSet", self.namespace, instance,
                                   {"spec": {"template": {"metadata": {"labels": labels}}}})

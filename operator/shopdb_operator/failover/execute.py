@@ -30,8 +30,11 @@ class Cluster(Protocol):
     def set_pod_labels(self, instance: str, labels: dict[str, str | None]) -> None:
         """Set (None: remove) labels on the instance's pod; a missing pod is no error."""
 
-    def set_template_labels(self, instance: str, labels: dict[str, str | None]) -> None:
-        """The same on its StatefulSet's pod template, so a recreated pod gets them."""
+    def apply_templates(self, topology: dict) -> None:
+        """Make every instance's StatefulSet (and ConfigMap) what this topology record asks
+        for: role and route labels, and the resources and settings of each role. A pod
+        (re)created from then on starts as what it now is (the drift timer would do it
+        within 15 s; the old primary's pod is recreated within a second of the fence)."""
 
     def fence_pod(self, instance: str, grace_seconds: int | None, created_before: datetime.datetime) -> bool:
         """Delete the instance's pod if it was created before `created_before` (a pod
@@ -135,8 +138,9 @@ def _move_primary(state: dict, plan: Plan, cluster: Cluster) -> None:
     right role: instance.sh never starts the old primary writable once this is recorded."""
     topology = {**plan.topology.to_status(), "currentPrimary": state["to"]}
     _record(cluster, state, topology=topology, currentPrimary=state["to"])
-    for instance in plan.topology.instances:  # all of them: `to` may have changed in _promote
-        cluster.set_template_labels(instance.name, {LABEL_ROLE: PRIMARY if instance.name == state["to"] else REPLICA})
+    # A replica's template must not keep primary resources: a recreated pod would request
+    # them, and after a few failovers the pods no longer fit the node (one stays Pending).
+    cluster.apply_templates(topology)
 
 
 def _fence(state, plan, observations, cluster, databases, poolers, now) -> StepResult:
@@ -277,10 +281,10 @@ def hand_off_routes(topology: Topology, moves: dict[str, str], cluster: Cluster)
     if not moves:
         return
     routes = {**topology.routes, **moves}
-    cluster.record({"topology": {**topology.to_status(), "routes": dict(sorted(routes.items()))}})
+    record = {**topology.to_status(), "routes": dict(sorted(routes.items()))}
+    cluster.record({"topology": record})
+    cluster.apply_templates(record)
     for route, instance in sorted(moves.items()):
-        cluster.set_template_labels(instance, {route_label(route): "true"})
         cluster.set_pod_labels(instance, {route_label(route): "true"})
-        cluster.set_template_labels(topology.primary, {route_label(route): None})
         cluster.set_pod_labels(topology.primary, {route_label(route): None})
         cluster.event("Normal", "RouteMoved", f"route {route} moved from the primary {topology.primary} to {instance}")

@@ -3,8 +3,11 @@
 resumes or refuses a failover or a requested switchover, one recorded step at a time.
 
 A daemon's `patch` is applied only when it returns, so status is written directly to the
-status subresource (adapters.KubeCluster.record). The daemon only waits on its stopper;
-each check runs in a worker thread (psycopg and the Kubernetes client block).
+status subresource (adapters.KubeCluster.record). Each check reads the cluster from the API
+server, not from kopf's view of it: that view stands still while kopf runs a handler for the
+same object (a reconcile after a spec change), and a failover resumed from it would replay
+steps already recorded. The daemon only waits on its stopper; each check runs in a worker
+thread (psycopg and the Kubernetes client block).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field
 
 import kopf
 
-from .. import GROUP, PLURAL, VERSION, postgres
+from .. import GROUP, KIND, PLURAL, VERSION, postgres
 from ..api.spec import ClusterSpec
 from ..api.validate import InvalidSpec, parse_spec
 from ..builders.common import POSTGRES_PORT
@@ -32,6 +35,7 @@ from ..kube.lease import Lease
 from ..topology import Topology, plan_topology
 from .clients import kube
 from .locks import cluster_lock
+from .reconcile import instance_templates  # (the package's `reconcile` is the kopf handler)
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 ANNOTATION_SWITCHOVER = SWITCHOVER_ANNOTATION
@@ -64,7 +68,6 @@ class Memory:
     health_summary: object = None
     health_written: datetime.datetime | None = None
     warned_unhealthy: bool = False
-    recorded_primary: str | None = None  # what a failover recorded; the live body may lag
 
 
 @dataclass
@@ -115,9 +118,14 @@ def _summary(health: dict) -> tuple:
 class Actor:
     """Everything that acts on one cluster during one check."""
 
-    def __init__(self, kube: Kube, check: Check, password: str, post_event):
+    def __init__(self, kube: Kube, check: Check, password: str, post_event, body: dict):
         self.kube, self.check = kube, check
-        self.cluster = KubeCluster(kube, check.namespace, check.name, post_event)
+
+        def templates(topology: dict) -> list[dict] | None:
+            return instance_templates(check.name, check.namespace, body["metadata"]["uid"], body.get("spec"),
+                                      body.get("status"), topology)
+
+        self.cluster = KubeCluster(kube, check.namespace, check.name, post_event, templates)
         self.databases = SqlDatabases(lambda inst: self._address(kube, inst), password)
 
     @functools.cached_property
@@ -180,13 +188,9 @@ def _hold_for_a_test(step: str, logger) -> None:
         time.sleep(3600)
 
 
-def _remember_primary(memory: Memory, state: dict) -> None:
-    if decide.FENCE in (state.get("steps") or {}):
-        memory.recorded_primary = state["to"]
-
-
 def check_cluster(kube: Kube, memory: Memory, name: str, namespace: str, body: dict, post_event, logger) -> None:
-    """One check: observe, record health, and (holding the Lease) start or resume a failover."""
+    """One check: observe, record health, and (holding the Lease) start or resume a failover.
+    `body` is the cluster as the API server has it now."""
     status = dict(body.get("status") or {})
     if "applied" not in status:
         return  # not created yet
@@ -197,9 +201,6 @@ def check_cluster(kube: Kube, memory: Memory, name: str, namespace: str, body: d
     password = secret_password(kube, namespace, f"{name}-{SUPERUSER_CREDENTIAL.suffix}")
     if not password:
         raise kopf.TemporaryError("the superuser Secret is not there yet", delay=5)
-    if memory.recorded_primary and status.get("currentPrimary") != memory.recorded_primary:
-        return  # our own status write has not reached kopf's view yet: do not judge a stale primary
-    memory.recorded_primary = None
     annotations = dict((body.get("metadata") or {}).get("annotations") or {})
     check = observe(kube, name, namespace, spec, status, annotations, password)
     primary = check.topology.primary
@@ -207,7 +208,7 @@ def check_cluster(kube: Kube, memory: Memory, name: str, namespace: str, body: d
         memory.tracker = memory.tracker.record(primary, check.observations.get(primary))
     if not lease(kube).held():
         return  # another operator replica acts (and records) for this cluster
-    actor = Actor(kube, check, password, post_event)
+    actor = Actor(kube, check, password, post_event, body)
 
     now = _now()
     health = health_status(check, memory.tracker)
@@ -223,7 +224,7 @@ def check_cluster(kube: Kube, memory: Memory, name: str, namespace: str, body: d
         post_event("Normal", "FailoverCancelled", f"{primary} answers as a writable primary again")
         return
     if decide.is_running(state):
-        _remember_primary(memory, run_failover(kube, actor, state, name, namespace, password, logger))
+        run_failover(kube, actor, state, name, namespace, password, logger)
         return
 
     target = annotations.get(ANNOTATION_SWITCHOVER)
@@ -234,7 +235,7 @@ def check_cluster(kube: Kube, memory: Memory, name: str, namespace: str, body: d
         if target != primary:
             state = decide.start(decide.SWITCHOVER, primary, f"switchover to {target} requested", now, target)
             begin(actor)
-            _remember_primary(memory, run_failover(kube, actor, state, name, namespace, password, logger))
+            run_failover(kube, actor, state, name, namespace, password, logger)
         return
 
     if memory.tracker.should_fail_over(spec.failover.failure_threshold):
@@ -254,7 +255,7 @@ def check_cluster(kube: Kube, memory: Memory, name: str, namespace: str, body: d
             state["primaryLSN"] = memory.tracker.last_lsn
         post_event("Warning", "FailoverStarted", why)
         begin(actor)
-        _remember_primary(memory, run_failover(kube, actor, state, name, namespace, password, logger))
+        run_failover(kube, actor, state, name, namespace, password, logger)
         memory.tracker = decide.HealthTracker()
         return
     memory.warned_unhealthy = False
@@ -263,14 +264,17 @@ def check_cluster(kube: Kube, memory: Memory, name: str, namespace: str, body: d
     execute.hand_off_routes(check.topology, moves, actor.cluster)
 
 
-def locked_check(memory: Memory, name: str, namespace: str, body: dict, post_event, logger) -> None:
+def locked_check(memory: Memory, name: str, namespace: str, post_event, logger) -> None:
     with cluster_lock(namespace, name):
-        check_cluster(kube(), memory, name, namespace, body, post_event, logger)
+        current = kube().get(f"{GROUP}/{VERSION}", KIND, namespace, name)
+        if current is not None and not current["metadata"].get("deletionTimestamp"):
+            check_cluster(kube(), memory, name, namespace, current, post_event, logger)
 
 
 @kopf.daemon(*RESOURCE, cancellation_timeout=10)
 async def failover_daemon(name, namespace, body, stopped, logger, **_) -> None:
-    """Checks until the cluster is deleted or the operator stops; `body` is kopf's live view.
+    """Checks until the cluster is deleted or the operator stops; `body` (kopf's view) only
+    gives the check interval and the object that Events are about.
 
     Async on purpose: a sync daemon would hold one of kopf's few executor threads for its
     whole life (one per cluster); each check borrows a thread only while it runs.
@@ -287,7 +291,7 @@ async def failover_daemon(name, namespace, body, stopped, logger, **_) -> None:
         except InvalidSpec:
             pass
         try:
-            await asyncio.to_thread(locked_check, memory, name, namespace, body, post_event, logger)
+            await asyncio.to_thread(locked_check, memory, name, namespace, post_event, logger)
         except kopf.TemporaryError as err:
             logger.info("failover check of %s/%s: %s", namespace, name, err)
         except KubeError as err:

@@ -60,6 +60,20 @@ def cluster_context(name: str, namespace: str, uid: str, spec_raw: dict | None, 
                           operator_image=operator_image(), operator_namespace=operator_namespace())
 
 
+def instance_templates(name: str, namespace: str, uid: str, spec_raw: dict | None, status: dict | None,
+                       topology: dict) -> list[dict] | None:
+    """Each instance's StatefulSet and ConfigMap as the builders make them for `topology`
+    (a status.topology record): the labels, resources and settings of each one's role.
+    None while the spec cannot be applied (an unsafe change is refused)."""
+    try:
+        ctx = cluster_context(name, namespace, uid, spec_raw, {**(status or {}), "topology": topology})
+    except InvalidSpec:
+        return None
+    names = {i.name for i in ctx.topology.instances}
+    wanted = {("StatefulSet", n) for n in names} | {("ConfigMap", f"{n}-config") for n in names}
+    return [o for o in desired_objects(ctx) if (o["kind"], o["metadata"]["name"]) in wanted]
+
+
 def ensure_secrets(kube: Kube, ctx: ClusterContext) -> list[str]:
     """Create missing credential Secrets; an existing one is never overwritten."""
     created = []
