@@ -17,12 +17,8 @@ def desired_objects(ctx: ClusterContext) -> list[dict]:
 
     Order matters on first creation: configuration before the pods that mount it.
     """
-    objects: list[dict] = [scripts_config_map(ctx)]
-    for instance in ctx.topology.instances:
-        objects.append(instance_config_map(ctx, instance))
+    objects: list[dict] = [scripts_config_map(ctx), *instance_objects(ctx)]
     objects += database_services(ctx)
-    for instance in ctx.topology.instances:
-        objects.append(instance_statefulset(ctx, instance))
     objects.append(postgres_disruption_budget(ctx))
     objects += pgbouncer_objects(ctx)
     objects += redis_objects(ctx)
@@ -31,4 +27,10 @@ def desired_objects(ctx: ClusterContext) -> list[dict]:
     return objects
 
 
-__all__ = ["ClusterContext", "desired_objects"]
+def instance_objects(ctx: ClusterContext) -> list[dict]:
+    """Every instance's ConfigMap, then every StatefulSet: all that depends on each one's role."""
+    return ([instance_config_map(ctx, i) for i in ctx.topology.instances]
+            + [instance_statefulset(ctx, i) for i in ctx.topology.instances])
+
+
+__all__ = ["ClusterContext", "desired_objects", "instance_objects"]

@@ -123,7 +123,7 @@ class Actor:
 
         def templates(topology: dict) -> list[dict] | None:
             return instance_templates(check.name, check.namespace, body["metadata"]["uid"], body.get("spec"),
-                                      body.get("status"), topology)
+                                      check.status, topology)
 
         self.cluster = KubeCluster(kube, check.namespace, check.name, post_event, templates)
         self.databases = SqlDatabases(lambda inst: self._address(kube, inst), password)
@@ -265,10 +265,11 @@ def check_cluster(kube: Kube, memory: Memory, name: str, namespace: str, body: d
 
 
 def locked_check(memory: Memory, name: str, namespace: str, post_event, logger) -> None:
+    client = kube()
     with cluster_lock(namespace, name):
-        current = kube().get(f"{GROUP}/{VERSION}", KIND, namespace, name)
+        current = client.get(f"{GROUP}/{VERSION}", KIND, namespace, name)
         if current is not None and not current["metadata"].get("deletionTimestamp"):
-            check_cluster(kube(), memory, name, namespace, current, post_event, logger)
+            check_cluster(client, memory, name, namespace, current, post_event, logger)
 
 
 @kopf.daemon(*RESOURCE, cancellation_timeout=10)

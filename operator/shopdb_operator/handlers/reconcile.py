@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from ..api.validate import InvalidSpec, applied_record, parse_spec, unsafe_change_problems
-from ..builders import ClusterContext, desired_objects
+from ..builders import ClusterContext, desired_objects, instance_objects
 from ..builders.common import LABEL_CLUSTER, LABEL_ROLE
 from ..builders.secrets import CREDENTIALS, credential_secret
 from ..failover.adapters import database_pods
@@ -69,9 +69,7 @@ def instance_templates(name: str, namespace: str, uid: str, spec_raw: dict | Non
         ctx = cluster_context(name, namespace, uid, spec_raw, {**(status or {}), "topology": topology})
     except InvalidSpec:
         return None
-    names = {i.name for i in ctx.topology.instances}
-    wanted = {("StatefulSet", n) for n in names} | {("ConfigMap", f"{n}-config") for n in names}
-    return [o for o in desired_objects(ctx) if (o["kind"], o["metadata"]["name"]) in wanted]
+    return instance_objects(ctx)
 
 
 def ensure_secrets(kube: Kube, ctx: ClusterContext) -> list[str]:
