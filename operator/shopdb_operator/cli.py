@@ -1,5 +1,5 @@
-"""The `shopdb-operator` command: run the operator, print the CRD, request a switchover,
-run maintenance."""
+"""The `shopdb-operator` command: run the operator, print the CRD, request a switchover or a
+backup, list backups, run maintenance."""
 
 from __future__ import annotations
 
@@ -48,6 +48,72 @@ def _switchover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backup(args: argparse.Namespace) -> int:
+    from kubernetes.config import ConfigException
+
+    from . import GROUP, KIND, VERSION
+    from .kube.client import Kube
+
+    annotations = {f"{GROUP}/backup-now": args.type, f"{GROUP}/backup-repository": args.repository}
+    try:
+        kube = Kube()
+        body = kube.get(f"{GROUP}/{VERSION}", KIND, args.namespace, args.name)
+        if body is None:
+            raise LookupError(f"ShopDatabaseCluster {args.namespace}/{args.name} not found")
+        repositories = [r["name"] for r in ((body.get("spec") or {}).get("backup") or {}).get("repositories") or []]
+        if not repositories:
+            raise ValueError(f"{args.name} has no spec.backup.repositories")
+        if args.repository and args.repository not in repositories:
+            raise ValueError(f"no repository {args.repository} (repositories: {', '.join(repositories)})")
+        kube.merge_patch(f"{GROUP}/{VERSION}", KIND, args.namespace, args.name, {"metadata": {"annotations": annotations}})
+    except (LookupError, ValueError, ConfigException) as err:
+        print(f"shopdb-operator backup: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.type} backup of {args.namespace}/{args.name} requested; follow it with: "
+          f"shopdb-operator backups {args.name} -n {args.namespace}")
+    return 0
+
+
+def backups_table(status: dict) -> str:
+    """What each repository holds, as status.backup records it (from pgbackrest info)."""
+    backup = status.get("backup") or {}
+    lines = []
+    for repo, held in sorted((backup.get("repositories") or {}).items()):
+        lines.append(f"repository {repo}: recoverable from {held.get('firstRecoverabilityPoint') or '-'}; "
+                     f"WAL {' .. '.join(held.get('walRange') or ['-'])}")
+        failed = held.get("lastFailedBackup")
+        if failed:
+            lines.append(f"  last failure: {failed.get('at')} {failed.get('type')}: {failed.get('reason')}")
+        lines.append(f"  {'LABEL':<34} {'TYPE':<5} {'FINISHED':<21} {'SECONDS':>7} {'SIZE':>12} {'STORED':>12}")
+        for b in held.get("backups") or []:
+            lines.append(f"  {b.get('label') or '':<34} {b.get('type') or '':<5} {b.get('finishedAt') or '':<21} "
+                         f"{b.get('durationSeconds') or 0:>7} {b.get('sizeBytes') or 0:>12} "
+                         f"{b.get('repositorySizeBytes') or 0:>12}")
+    archiving = backup.get("archiving") or {}
+    if archiving:
+        lines.append(f"WAL archiving: last {archiving.get('lastArchivedWal')} at {archiving.get('lastArchivedAt')}; "
+                     f"last failure {archiving.get('lastFailedWal') or '-'} at {archiving.get('lastFailedAt') or '-'}")
+    return "\n".join(lines) if lines else "no backup recorded yet"
+
+
+def _backups(args: argparse.Namespace) -> int:
+    from kubernetes.config import ConfigException
+
+    from . import GROUP, KIND, VERSION
+    from .kube.client import Kube
+
+    try:
+        body = Kube().get(f"{GROUP}/{VERSION}", KIND, args.namespace, args.name)
+    except ConfigException as err:
+        print(f"shopdb-operator backups: {err}", file=sys.stderr)
+        return 2
+    if body is None:
+        print(f"shopdb-operator backups: ShopDatabaseCluster {args.namespace}/{args.name} not found", file=sys.stderr)
+        return 2
+    print(backups_table(body.get("status") or {}))
+    return 0
+
+
 def _maintain(args: argparse.Namespace) -> int:
     from . import maintenance
 
@@ -78,6 +144,18 @@ def parser() -> argparse.ArgumentParser:
     switchover.add_argument("--to", required=True, help="the pool instance to promote, e.g. shop-2")
     switchover.add_argument("--namespace", "-n", default="default")
     switchover.set_defaults(func=_switchover)
+
+    backup = sub.add_parser("backup", help="take a backup now (the same as annotating shopdb.io/backup-now)")
+    backup.add_argument("name", help="the ShopDatabaseCluster")
+    backup.add_argument("--type", choices=["full", "diff", "incr"], default="full")
+    backup.add_argument("--repository", "--repo", default=None, help="one repository (all when not given)")
+    backup.add_argument("--namespace", "-n", default="default")
+    backup.set_defaults(func=_backup)
+
+    backups = sub.add_parser("backups", help="what each repository holds, the recoverability window, WAL archiving")
+    backups.add_argument("name", help="the ShopDatabaseCluster")
+    backups.add_argument("--namespace", "-n", default="default")
+    backups.set_defaults(func=_backups)
 
     maintain = sub.add_parser("maintain", help="maintenance the CronJobs run (partitions, views)",
                               add_help=False)

@@ -42,6 +42,7 @@ IMAGE_DEFAULTS = {
     "redis": "localhost/shopdb/redis:7",
     "operator": "localhost/shopdb/operator:dev",
     "pause": "localhost/shopdb/pause:3.10",
+    "versitygw": "localhost/shopdb/versitygw:1.8.0",
 }
 
 
@@ -69,6 +70,7 @@ class Images:
     redis: str
     operator: str
     pause: str
+    versitygw: str
 
     @classmethod
     def from_env(cls) -> "Images":

@@ -45,6 +45,7 @@ NAMESPACED_RULES = {
     ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "persistentvolumeclaims"): {"get", "list", "watch", "patch", "delete"},
     ("", "pods"): {"get", "list", "watch", "patch", "delete"},
+    ("", "pods/log"): {"get"},  # what a backup Job reports (pgbackrest info)
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch", "update", "delete"},

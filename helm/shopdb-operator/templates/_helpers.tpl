@@ -73,6 +73,10 @@ scope) or by the per-namespace Roles (namespace scope); manifests/ is rendered f
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, patch, delete]
+# what a backup Job reports (pgbackrest info) is read from its pod's log
+- apiGroups: [""]
+  resources: [pods/log]
+  verbs: [get]
 # kopf and the operator post Events about handlers, failover and errors (core and events.k8s.io APIs).
 - apiGroups: [""]
   resources: [events]

@@ -33,7 +33,7 @@ OPERATOR_OWNED_PARAMETERS = [
     "wal_level", "hot_standby", "primary_conninfo", "primary_slot_name", "restore_command",
     "recovery_target_timeline", "synchronous_standby_names", "wal_log_hints",
     "max_wal_senders", "max_replication_slots", "unix_socket_directories",
-    "password_encryption", "ssl", "archive_mode", "archive_command",
+    "password_encryption", "ssl", "archive_mode", "archive_command", "archive_timeout",
 ]
 
 
@@ -249,6 +249,125 @@ class FailoverSpec(_Model):
     )
 
 
+REPOSITORY_NAME_PATTERN = r"^[a-z]([a-z0-9-]{0,13}[a-z0-9])?$"
+BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+REPOSITORY_PATH_PATTERN = r"^(/[A-Za-z0-9._-]+)+$"
+# An S3 endpoint host name (no scheme, no port: `port` is separate).
+ENDPOINT_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"
+DEFAULT_FIRST_FULL_SCHEDULE = "0 2 * * *"  # the design: a full backup daily at 2 AM
+DEFAULT_OTHER_FULL_SCHEDULE = "0 */6 * * *"  # the design: cross-region copy every 6 hours
+
+
+class SecretKeyRef(_Model):
+    name: str = Field(min_length=1, max_length=253, description="Secret in the cluster's namespace.")
+    key: str = Field(min_length=1, max_length=253, description="Key in that Secret.")
+
+
+class S3Credentials(_Model):
+    secret_name: str = Field(min_length=1, max_length=253,
+                             description="Secret holding the access key pair (never logged, never in status).")
+    access_key_id_key: str = Field("accessKeyId", min_length=1, description="Key of the access key id.")
+    secret_access_key_key: str = Field("secretAccessKey", min_length=1, description="Key of the secret access key.")
+
+
+class UriStyle(str, Enum):
+    host = "host"
+    path = "path"
+
+
+class S3Repository(_Model):
+    endpoint: str = Field(pattern=ENDPOINT_PATTERN, description="S3 endpoint host, e.g. s3.eu-west-1.amazonaws.com.")
+    port: int = Field(443, ge=1, le=65535, description="HTTPS port of the endpoint (pgBackRest speaks S3 over TLS only).")
+    bucket: str = Field(pattern=BUCKET_PATTERN, description="Bucket; it must exist.")
+    region: str = Field("us-east-1", min_length=1, max_length=64, description="S3 region.")
+    uri_style: UriStyle = Field(UriStyle.host, description="host (bucket.endpoint) or path (endpoint/bucket) addressing.")
+    credentials: S3Credentials
+    ca: Optional[SecretKeyRef] = Field(
+        None, description="CA bundle that signed the endpoint's certificate, when not a public CA. "
+                          "TLS is always verified.")
+
+
+class RepositoryRetention(_Model):
+    full_days: int = Field(30, ge=1, le=3650,
+                           description="Full backups are kept this many days (with the WAL they need), then pruned.")
+
+
+class BackupSchedules(_Model):
+    full: Optional[str] = Field(
+        None, pattern=CRON_PATTERN,
+        description=f"Full backups (UTC). Unset: '{DEFAULT_FIRST_FULL_SCHEDULE}' for the first repository, "
+                    f"'{DEFAULT_OTHER_FULL_SCHEDULE}' for the others (the second region).")
+    differential: Optional[str] = Field(None, pattern=CRON_PATTERN, description="Differential backups (UTC).")
+    incremental: Optional[str] = Field(None, pattern=CRON_PATTERN, description="Incremental backups (UTC).")
+
+
+class BackupRepository(_Model):
+    name: str = Field(pattern=REPOSITORY_NAME_PATTERN, description="Repository name (status, Jobs, `--repo`).")
+    s3: S3Repository
+    path: Optional[str] = Field(
+        None, pattern=REPOSITORY_PATH_PATTERN, max_length=256,
+        description="Path in the bucket; /shopdb/<namespace>/<cluster> when unset.")
+    retention: RepositoryRetention = Field(default_factory=RepositoryRetention)
+    schedules: BackupSchedules = Field(default_factory=BackupSchedules)
+
+    def path_for(self, namespace: str, cluster: str) -> str:
+        return self.path or f"/shopdb/{namespace}/{cluster}"
+
+
+class BackupSpec(_Model):
+    repositories: list[BackupRepository] = Field(
+        min_length=1, max_length=4,
+        description="pgBackRest repositories; WAL goes to every one. More than one: the others are other "
+                    "regions (their full backups default to every 6 hours).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    archive_timeout_seconds: int = Field(
+        60, ge=10, le=3600,
+        description="A WAL segment is archived at least this often, even on an idle database (bounds the RPO).")
+    archive_push_queue_max: str = Field(
+        "4Gi", pattern=QUANTITY_PATTERN,
+        description="WAL waiting to be archived beyond this is dropped (and reported) rather than filling the "
+                    "volume: the database keeps running, but point-in-time recovery has a gap until the next backup.")
+    process_max: int = Field(2, ge=1, le=32, description="Parallel processes for backup and restore.")
+    resources: ComputeResources = Field(
+        default_factory=lambda: ComputeResources(cpu="1", memory="256Mi"),
+        description="The pgBackRest sidecar of each instance and the backup Jobs (which run spec.postgres.image: "
+                    "pgBackRest needs one version at both ends).")
+
+
+class RecoveryTarget(_Model):
+    time: Optional[str] = Field(
+        None, pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)$",
+        description="Recover to this moment (RFC 3339 with a zone, e.g. 2026-05-01T10:00:00Z).")
+    lsn: Optional[str] = Field(None, pattern=r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$", description="Recover to this WAL position.")
+    backup_set: Optional[str] = Field(
+        None, pattern=r"^[0-9]{8}-[0-9]{6}F(_[0-9]{8}-[0-9]{6}[DI])?$",
+        description="Restore this backup set (a label from `shopdb-operator backups`) and stop at its end.")
+
+
+class RecoverySource(_Model):
+    cluster_name: str = Field(min_length=1, max_length=63, description="The cluster whose backups are restored (its stanza).")
+    namespace: Optional[str] = Field(None, max_length=63, description="Its namespace; this cluster's when unset.")
+    repository: BackupRepository = Field(description="Where its backups are (the path defaults as for that cluster).")
+
+
+class Recovery(_Model):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": "!has(self.target) || [has(self.target.time), has(self.target.lsn), "
+                "has(self.target.backupSet)].filter(x, x).size() <= 1",
+        "message": "recovery.target takes one of time, lsn or backupSet (none: the latest point)",
+    }]})
+
+    source: RecoverySource
+    target: RecoveryTarget = Field(default_factory=RecoveryTarget,
+                                   description="Where recovery stops; the latest archived point when empty.")
+
+
+class BootstrapSpec(_Model):
+    recovery: Optional[Recovery] = Field(
+        None, description="Create the cluster from a backup instead of an empty database (used only at creation).")
+
+
 class ReclaimPolicy(str, Enum):
     retain = "Retain"
     delete = "Delete"
@@ -304,6 +423,9 @@ class ClusterSpec(_Model):
     redis: RedisSpec = Field(default_factory=RedisSpec)
     maintenance: MaintenanceSpec = Field(default_factory=MaintenanceSpec)
     failover: FailoverSpec = Field(default_factory=FailoverSpec)
+    backup: Optional[BackupSpec] = Field(
+        None, description="Continuous WAL archiving and scheduled backups with pgBackRest; none when unset.")
+    bootstrap: Optional[BootstrapSpec] = Field(None, description="How a new cluster gets its data.")
     reclaim_policy: ReclaimPolicy = Field(
         ReclaimPolicy.retain,
         description="Retain keeps volumes and credentials when the cluster is deleted; Delete removes them.",

@@ -85,15 +85,54 @@ def semantic_problems(spec: ClusterSpec) -> list[str]:
         problem = cron_problem(schedule)
         if problem:
             problems.append(f"{where}: {problem}")
+    return problems + backup_problems(spec)
+
+
+def backup_problems(spec: ClusterSpec) -> list[str]:
+    problems = []
+    if spec.backup is not None:
+        names = [r.name for r in spec.backup.repositories]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            problems.append(f"spec.backup.repositories: names must be unique; repeated: {', '.join(repeated)}")
+    recovery = spec.bootstrap.recovery if spec.bootstrap else None
+    if recovery is not None:
+        target = recovery.target
+        chosen = [k for k, v in (("time", target.time), ("lsn", target.lsn), ("backupSet", target.backup_set)) if v]
+        if len(chosen) > 1:
+            problems.append(f"spec.bootstrap.recovery.target: one of time, lsn or backupSet, not {' and '.join(chosen)}")
     return problems
+
+
+def recovery_overlap_problem(spec: ClusterSpec, namespace: str, name: str) -> str | None:
+    """A cluster made from a backup must never archive into its source's stanza: the restored
+    database has the source's system identifier, so pgBackRest would accept its WAL there."""
+    recovery = spec.bootstrap.recovery if spec.bootstrap else None
+    if recovery is None or spec.backup is None:
+        return None
+    source = recovery.source
+    if source.cluster_name != name:
+        return None
+    source_place = (source.repository.s3.endpoint, source.repository.s3.bucket,
+                    source.repository.path_for(source.namespace or namespace, source.cluster_name))
+    for repo in spec.backup.repositories:
+        if (repo.s3.endpoint, repo.s3.bucket, repo.path_for(namespace, name)) == source_place:
+            return (f"spec.backup.repositories[{repo.name}]: it is where this cluster restores from "
+                    f"(stanza {source.cluster_name}); a restored cluster would write into its source's backups")
+    return None
 
 
 def _schedules(spec: ClusterSpec) -> list[tuple[str, str]]:
     maintenance = spec.maintenance
-    return [(f"spec.maintenance.partitionedTables[{i}].schedule", t.schedule)
-            for i, t in enumerate(maintenance.partitioned_tables)] + [
+    found = [(f"spec.maintenance.partitionedTables[{i}].schedule", t.schedule)
+             for i, t in enumerate(maintenance.partitioned_tables)] + [
         (f"spec.maintenance.materializedViews[{i}].schedule", v.schedule)
         for i, v in enumerate(maintenance.materialized_views)]
+    for i, repo in enumerate(spec.backup.repositories if spec.backup else []):
+        for kind in ("full", "differential", "incremental"):
+            if getattr(repo.schedules, kind):
+                found.append((f"spec.backup.repositories[{i}].schedules.{kind}", getattr(repo.schedules, kind)))
+    return found
 
 
 def cron_problem(schedule: str) -> str | None:

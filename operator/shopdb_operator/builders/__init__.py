@@ -6,7 +6,7 @@ from .common import ClusterContext
 from .cronjobs import maintenance_cronjobs
 from .network import network_policies
 from .pgbouncer import pgbouncer_objects
-from .postgres import (instance_config_map, instance_statefulset, postgres_disruption_budget,
+from .postgres import (PGDATA, instance_config_map, instance_statefulset, postgres_disruption_budget,
                        scripts_config_map)
 from .redis import redis_objects
 from .services import database_services
@@ -17,12 +17,16 @@ def desired_objects(ctx: ClusterContext) -> list[dict]:
 
     Order matters on first creation: configuration before the pods that mount it.
     """
-    objects: list[dict] = [scripts_config_map(ctx), *instance_objects(ctx)]
+    from ..backup import backup_objects  # backup/ builds on builders.common: imported when used
+
+    backup = backup_objects(ctx, PGDATA)
+    objects: list[dict] = [scripts_config_map(ctx), *backup[:1], *instance_objects(ctx)]
     objects += database_services(ctx)
     objects.append(postgres_disruption_budget(ctx))
     objects += pgbouncer_objects(ctx)
     objects += redis_objects(ctx)
     objects += maintenance_cronjobs(ctx)
+    objects += backup[1:]
     objects += network_policies(ctx)
     return objects
 

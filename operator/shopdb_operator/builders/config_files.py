@@ -114,11 +114,13 @@ def postgresql_conf(
     resources: ComputeResources,
     analytics: bool,
     synchronous_standby_names: Sequence[str] = (),
+    archive: Mapping[str, str] | None = None,
 ) -> str:
     """postgresql.conf of one instance.
 
     `synchronous_standby_names` are the promotable instances' names (the walreceivers'
-    application_name); used only when spec.postgres.synchronous.enabled.
+    application_name); used only when spec.postgres.synchronous.enabled. `archive` holds
+    the archive_* settings when the cluster backs up (archiving is off otherwise).
     """
     max_connections = int(spec.postgres.parameters.get("max_connections", DEFAULT_MAX_CONNECTIONS))
     settings: dict[str, str] = {
@@ -134,6 +136,7 @@ def postgresql_conf(
         **_wal_settings(spec),
         **_synchronous_settings(spec, synchronous_standby_names),
         "archive_mode": "off",
+        **(archive or {}),
         # A walreceiver that sees nothing for this long reconnects (and so follows a failover).
         "wal_receiver_timeout": "10s",
         "wal_sender_timeout": "10s",

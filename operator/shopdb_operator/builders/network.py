@@ -3,14 +3,21 @@ peers (replication), the operator and the maintenance Jobs of its own cluster.""
 
 from __future__ import annotations
 
+from ..backup.config import PGBACKREST_PORT
+from ..backup.jobs import BACKUP
 from .common import (MAINTENANCE, OPERATOR_POD_LABELS, PGBOUNCER, POSTGRES, POSTGRES_PORT, REDIS,
                      REDIS_PORT, ClusterContext, metadata, selector)
 
 
-def _policy(ctx: ClusterContext, name: str, component: str, port: int, sources: list[dict] | None) -> dict:
+def _rule(port: int, sources: list[dict] | None) -> dict:
     rule: dict = {"ports": [{"protocol": "TCP", "port": port}]}
     if sources is not None:
         rule["from"] = sources
+    return rule
+
+
+def _policy(ctx: ClusterContext, name: str, component: str, port: int, sources: list[dict] | None,
+            more: list[dict] = ()) -> dict:
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -18,7 +25,7 @@ def _policy(ctx: ClusterContext, name: str, component: str, port: int, sources: 
         "spec": {
             "podSelector": {"matchLabels": selector(ctx, component)},
             "policyTypes": ["Ingress"],
-            "ingress": [rule],
+            "ingress": [_rule(port, sources), *more],
         },
     }
 
@@ -33,7 +40,10 @@ def postgres_network_policy(ctx: ClusterContext) -> dict:
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ctx.operator_namespace}},
         "podSelector": {"matchLabels": OPERATOR_POD_LABELS},
     })
-    return _policy(ctx, ctx.child("postgres"), POSTGRES, POSTGRES_PORT, sources)
+    # backup Jobs reach the pgBackRest servers (mutual TLS), nothing else does
+    more = [_rule(PGBACKREST_PORT, [{"podSelector": {"matchLabels": selector(ctx, BACKUP)}}])] \
+        if ctx.spec.backup is not None else []
+    return _policy(ctx, ctx.child("postgres"), POSTGRES, POSTGRES_PORT, sources, more)
 
 
 def pgbouncer_network_policy(ctx: ClusterContext) -> dict:

@@ -14,6 +14,8 @@ import math
 
 from .. import scripts
 from ..api.quantity import to_bytes
+from ..backup import config as backup_config
+from ..backup.volumes import instance_volumes as backup_volumes
 from ..api.spec import ComputeResources
 from ..topology import PRIMARY, Instance
 from . import config_files
@@ -21,7 +23,7 @@ from .common import (
     LABEL_INSTANCE, LABEL_PROMOTABLE, LABEL_ROLE, POSTGRES, POSTGRES_PORT, POSTGRES_UID,
     ClusterContext, config_map_volume, container_resources, container_security_context,
     content_hash, empty_dir, exec_probe, labels, metadata, pod_security_context, route_label,
-    secret_env, selector, soft_anti_affinity,
+    secret_env, selector, soft_anti_affinity, tcp_probe,
 )
 from .secrets import (APP_CREDENTIAL, REPLICATION_CREDENTIAL, REPLICATION_USER,
                       SUPERUSER_CREDENTIAL)
@@ -82,7 +84,8 @@ def instance_config_map(ctx: ClusterContext, instance: Instance) -> dict:
         "data": {
             "postgresql.conf": config_files.postgresql_conf(
                 ctx.spec, instance_resources(ctx, instance), instance.analytics,
-                synchronous_standby_names=synchronous_standbys(ctx, instance)),
+                synchronous_standby_names=synchronous_standbys(ctx, instance),
+                archive=backup_config.archive_settings(ctx, SCRIPTS_MOUNT)),
             "pg_hba.conf": config_files.pg_hba_conf(ctx.spec),
         },
     }
@@ -127,6 +130,7 @@ def _env(ctx: ClusterContext, instance: Instance) -> list[dict]:
         "SHOPDB_ANALYTICS": str(instance.analytics).lower(),
         "SHOPDB_PRIMARY_START_HOLD_SECONDS": str(primary_start_hold_seconds(ctx)),
     }
+    plain |= _backup_env(ctx)
     env = [{"name": k, "value": v} for k, v in plain.items()]
     env += [
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -137,6 +141,36 @@ def _env(ctx: ClusterContext, instance: Instance) -> list[dict]:
         secret_env("SHOPDB_OWNER_PASSWORD", APP_CREDENTIAL.secret_name(ctx)),
     ]
     return env
+
+
+def _backup_env(ctx: ClusterContext) -> dict[str, str]:
+    """What instance.sh needs to archive (stanza, configuration) and, for a cluster made from
+    a backup, to restore its first primary (the source's stanza and the target's options)."""
+    env = {}
+    if ctx.spec.backup is not None:
+        env |= {"SHOPDB_BACKUP": "true", "SHOPDB_STANZA": backup_config.stanza(ctx)}
+    recovery = ctx.spec.bootstrap.recovery if ctx.spec.bootstrap else None
+    if recovery is not None:
+        env |= {"SHOPDB_RECOVERY_STANZA": recovery.source.cluster_name,
+                "SHOPDB_RECOVERY_OPTIONS": "\n".join(backup_config.restore_options(recovery))}
+    return env
+
+
+def pgbackrest_server_container(ctx: ClusterContext, mounts: list[dict]) -> dict:
+    """`pgbackrest server`: how a backup Job reads this instance's files over mutual TLS."""
+    return {
+        "name": "pgbackrest",
+        "image": ctx.spec.postgres.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["bash", f"{SCRIPTS_MOUNT}/pgbackrest.sh", "instance", "server"],
+        "env": [{"name": "PGDATA", "value": PGDATA}, {"name": "HOME", "value": "/tmp"}],
+        "ports": [{"name": "pgbackrest", "containerPort": backup_config.PGBACKREST_PORT, "protocol": "TCP"}],
+        "resources": container_resources(ctx.spec.backup.resources),
+        "securityContext": container_security_context(),
+        "volumeMounts": mounts,
+        "livenessProbe": tcp_probe(backup_config.PGBACKREST_PORT, 10, 6),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
 
 
 def _startup_failure_threshold(storage: str) -> int:
@@ -173,7 +207,8 @@ def _volumes(ctx: ClusterContext, instance: Instance, res: ComputeResources) -> 
             "items": [{"key": init_sql.key, "path": "init.sql"}],
         }})
         mounts.append({"name": "init", "mountPath": INIT_MOUNT, "readOnly": True})
-    return volumes, mounts
+    more_mounts, more_volumes = backup_volumes(ctx)
+    return volumes + more_volumes, mounts + more_mounts
 
 
 def instance_statefulset(ctx: ClusterContext, instance: Instance) -> dict:
@@ -196,7 +231,15 @@ def instance_statefulset(ctx: ClusterContext, instance: Instance) -> dict:
                                    _startup_failure_threshold(storage.size)),
         "readinessProbe": exec_probe(["bash", f"{SCRIPTS_MOUNT}/probe.sh", "ready"], 5, 5, 3),
         "livenessProbe": exec_probe(["bash", f"{SCRIPTS_MOUNT}/probe.sh", "live"], 10, 5, 6),
+        # a start that fails (no pgBackRest in the image, a restore that cannot reach its
+        # target) leaves its last log lines in the pod's status
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    containers = [container]
+    if ctx.spec.backup is not None:
+        server_mounts = [m for m in mounts if m["name"] in ("data", "scripts", "run", "tmp")
+                         or m["name"].startswith("pgbackrest")]
+        containers.append(pgbackrest_server_container(ctx, server_mounts))
     claim = {
         "metadata": {"name": "data", "labels": selector(ctx, POSTGRES, **{LABEL_INSTANCE: instance.name})},
         "spec": {
@@ -231,7 +274,7 @@ def instance_statefulset(ctx: ClusterContext, instance: Instance) -> dict:
                     "terminationGracePeriodSeconds": 60,
                     "securityContext": pod_security_context(POSTGRES_UID),
                     "affinity": soft_anti_affinity(selector(ctx, POSTGRES)),
-                    "containers": [container],
+                    "containers": containers,
                     "volumes": volumes,
                 },
             },

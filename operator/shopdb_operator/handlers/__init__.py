@@ -16,6 +16,7 @@ from .. import GROUP, KIND, PLURAL, VERSION
 from ..api.validate import InvalidSpec
 from ..kube.client import KubeError
 from ..status import PHASE_INVALID, READY, RECONCILED, condition, set_condition
+from . import backup as backups
 from . import reconcile as rec
 from .clients import kube
 from .locks import cluster_lock
@@ -75,6 +76,9 @@ def reconcile(name, namespace, uid, body, logger, **_) -> None:
         generation = current["metadata"].get("generation")
         try:
             outcome = rec.reconcile(kube(), name, namespace, uid, spec, status, generation)
+        except rec.MissingSecrets as err:
+            _refuse(body, namespace, name, err.problems, generation)
+            raise kopf.TemporaryError(f"InvalidSpec: {err}", delay=30) from None
         except InvalidSpec as err:
             _refuse(body, namespace, name, err.problems, generation)
             raise kopf.PermanentError(f"InvalidSpec: {err}") from None
@@ -108,8 +112,12 @@ def keep_in_sync(name, namespace, uid, logger, **_) -> None:
             return  # the condition set by reconcile() already says why
         rec.apply_objects(kube(), ctx, rec.desired_objects(ctx))
         observed = rec.observed_status(kube(), ctx, status.get("health"))
+        primary_ready = any(i["ready"] for i in observed["instances"] if i["name"] == ctx.topology.primary)
+        backed_up = backups.observe(kube(), ctx, current, primary_ready)
 
         def conditions(live, _):
+            for type_, ok, reason, message in backed_up.conditions:
+                live = set_condition(live, type_, ok, reason, message, generation, _now())
             live = set_condition(live, READY, observed["allReady"],
                                  "AllInstancesReady" if observed["allReady"] else "InstancesNotReady",
                                  f"{observed['readyInstances']} instances ready", generation, _now())
@@ -120,7 +128,10 @@ def keep_in_sync(name, namespace, uid, logger, **_) -> None:
         _record(namespace, name, {
             "instances": observed["instances"], "readyInstances": observed["readyInstances"],
             "phase": observed["phase"], "maxLagBytes": observed["maxLagBytes"],
+            **({"backup": backed_up.status} if backed_up.status else {}),
         }, conditions)
+    for type_, reason, message in backed_up.events:
+        kopf.event(current, type=type_, reason=reason, message=message)
 
 
 from . import failover  # noqa: E402,F401  (registers the failover daemon)

@@ -11,7 +11,9 @@ import os
 import secrets
 from dataclasses import dataclass, field
 
-from ..api.validate import InvalidSpec, applied_record, parse_spec, unsafe_change_problems
+from .. import backup, certs
+from ..api.validate import (InvalidSpec, applied_record, parse_spec, recovery_overlap_problem,
+                            unsafe_change_problems)
 from ..builders import ClusterContext, desired_objects, instance_objects
 from ..builders.common import LABEL_CLUSTER, LABEL_ROLE
 from ..builders.secrets import CREDENTIALS, credential_secret
@@ -53,6 +55,8 @@ def cluster_context(name: str, namespace: str, uid: str, spec_raw: dict | None, 
     status = status or {}
     spec = parse_spec(spec_raw)
     problems = unsafe_change_problems(status.get("applied"), spec)
+    overlap = recovery_overlap_problem(spec, namespace, name)
+    problems += [overlap] if overlap else []
     if problems:
         raise InvalidSpec(problems)
     topology = plan_topology(name, spec, status.get("topology"))
@@ -88,6 +92,49 @@ def ensure_secrets(kube: Kube, ctx: ClusterContext) -> list[str]:
             # the reclaim policy changed: only ownership moves, the data stays
             kube.merge_patch("v1", "Secret", ctx.namespace, name, {"metadata": {"ownerReferences": wanted or None}})
     return created
+
+
+class MissingSecrets(InvalidSpec):
+    """Refused until the Secrets appear: unlike a bad spec, this can heal without an edit."""
+
+
+def referenced_secret_problems(kube: Kube, ctx: ClusterContext) -> list[str]:
+    """Each Secret the backup settings name exists with the keys named: otherwise the pods
+    would wait on a volume that never mounts, with the reason in no status."""
+    wanted: list[tuple[str, str, list[str]]] = []
+    repos = [(f"spec.backup.repositories[{r.name}]", r) for r in (ctx.spec.backup.repositories if ctx.spec.backup else [])]
+    recovery = ctx.spec.bootstrap.recovery if ctx.spec.bootstrap else None
+    if recovery is not None:
+        repos.append(("spec.bootstrap.recovery.source.repository", recovery.source.repository))
+    for where, repo in repos:
+        creds = repo.s3.credentials
+        wanted.append((f"{where}.s3.credentials", creds.secret_name, [creds.access_key_id_key, creds.secret_access_key_key]))
+        if repo.s3.ca is not None:
+            wanted.append((f"{where}.s3.ca", repo.s3.ca.name, [repo.s3.ca.key]))
+    problems = []
+    for where, secret_name, keys in wanted:
+        secret = kube.get("v1", "Secret", ctx.namespace, secret_name)
+        if secret is None:
+            problems.append(f"{where}: Secret {secret_name} does not exist in namespace {ctx.namespace}")
+            continue
+        missing = [k for k in keys if k not in (secret.get("data") or {})]
+        if missing:
+            problems.append(f"{where}: Secret {secret_name} has no key {', '.join(missing)}")
+    return problems
+
+
+def ensure_backup_tls(kube: Kube, ctx: ClusterContext) -> list[str]:
+    """The mutual-TLS link of backup Jobs to the instances' pgBackRest servers: a CA of this
+    cluster's own, made once (never overwritten, never logged)."""
+    if ctx.spec.backup is None:
+        return []
+    name = backup.tls_secret_name(ctx)
+    if kube.get("v1", "Secret", ctx.namespace, name) is not None:
+        return []
+    ca = certs.new_ca(f"{ctx.namespace}/{ctx.name} pgbackrest CA")
+    server = certs.issue(ca, "pgbackrest-server", backup.server_dns_names(ctx))
+    client = certs.issue(ca, backup.config.BACKUP_CLIENT_CN, client=True)
+    return [name] if kube.create(backup.tls_secret(ctx, ca, server, client)) is not None else []
 
 
 def apply_objects(kube: Kube, ctx: ClusterContext, objects: list[dict]) -> int:
@@ -138,9 +185,12 @@ def reconcile(kube: Kube, name: str, namespace: str, uid: str, spec_raw: dict | 
     """Bring the cluster's children in line with its spec. Raises InvalidSpec before
     touching anything when the spec cannot be built."""
     ctx = cluster_context(name, namespace, uid, spec_raw, status)
+    problems = referenced_secret_problems(kube, ctx)
+    if problems:
+        raise MissingSecrets(problems)
     objects = desired_objects(ctx)
     outcome = Outcome()
-    outcome.created_secrets = ensure_secrets(kube, ctx)
+    outcome.created_secrets = ensure_secrets(kube, ctx) + ensure_backup_tls(kube, ctx)
     outcome.applied = apply_objects(kube, ctx, objects)
     outcome.pruned = prune(kube, ctx, objects)
     outcome.status = {

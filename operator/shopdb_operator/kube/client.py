@@ -106,6 +106,18 @@ class Kube:
         result = self.request("GET", resource_path(api_version, kind, namespace), query=query)
         return (result or {}).get("items", [])
 
+    def log(self, namespace: str, pod: str, container: str, tail_lines: int = 200) -> str:
+        """The last lines of a container's log (text, not JSON)."""
+        _, url, headers, _, _ = self.api.param_serialize(
+            method="GET", resource_path=resource_path("v1", "Pod", namespace, pod, "log"),
+            query_params=[("container", container), ("tailLines", str(tail_lines))],
+            header_params={"Accept": "text/plain"}, auth_settings=["BearerToken"])
+        response = self.api.call_api("GET", url, header_params=headers, _request_timeout=self.timeout)
+        data = response.read()
+        if response.status >= 400:
+            raise KubeError(response.status, data.decode(errors="replace")[:500])
+        return data.decode(errors="replace")
+
     def apply(self, obj: dict, force: bool = True) -> dict:
         """Server-side apply: fields we set are ours; drift in them is undone."""
         meta = obj["metadata"]

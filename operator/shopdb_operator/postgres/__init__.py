@@ -192,3 +192,12 @@ def pgbouncer_command(conn: psycopg.Connection, command: str, database: str) -> 
         raise ValueError(f"not a PgBouncer database name: {database!r}")
     conn.execute(f'{command} "{database}"', prepare=False)
 
+
+
+def archiver(conn: psycopg.Connection) -> dict:
+    """The archiver's counters (pg_stat_archiver): last archived and last failed WAL and when."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT archived_count, last_archived_wal, last_archived_time, failed_count, "
+                    "last_failed_wal, last_failed_time FROM pg_stat_archiver")
+        names = [c.name for c in cur.description]
+        return dict(zip(names, cur.fetchone()))

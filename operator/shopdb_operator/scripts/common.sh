@@ -10,6 +10,8 @@ SHOPDB_LISTEN="${SHOPDB_LISTEN:-*}"
 SHOPDB_PRIMARY_PORT="${SHOPDB_PRIMARY_PORT:-5432}"
 SHOPDB_REPLICATION_USER="${SHOPDB_REPLICATION_USER:-streaming_replica}"
 SHOPDB_PRIMARY_WAIT_SECONDS="${SHOPDB_PRIMARY_WAIT_SECONDS:-120}"
+SHOPDB_PGBACKREST_SPOOL="${SHOPDB_PGBACKREST_SPOOL:-/var/lib/postgresql/data/pgbackrest-spool}"
+SCRIPTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # The passfile lets libpq (walreceiver, pg_basebackup, pg_rewind) authenticate without
 # putting passwords on command lines or in postgresql.auto.conf.
 export PGPASSFILE="$SHOPDB_RUN_DIR/pgpass"
@@ -51,6 +53,11 @@ primary_conninfo() {
     printf 'host=%s port=%s user=%s dbname=%s connect_timeout=%s tcp_user_timeout=5000 application_name=%s' \
         "$SHOPDB_PRIMARY_HOST" "$SHOPDB_PRIMARY_PORT" "$1" "${2:-postgres}" \
         "$PGCONNECT_TIMEOUT" "${SHOPDB_INSTANCE:-shopdb}"
+}
+
+# pgbackrest.sh ROLE ARGS...: pgBackRest with that role's configuration and S3 keys.
+pgbackrest_cmd() {
+    bash "$SCRIPTS_DIR/pgbackrest.sh" "$@"
 }
 
 # psql with the options every script wants: no psqlrc, unaligned tuples, stop on error.

@@ -128,6 +128,41 @@ bootstrap_primary() {
     log "new cluster ready"
 }
 
+# A new cluster made from another cluster's backup (spec.bootstrap.recovery): pgBackRest
+# restores the source's backup, a private server replays its WAL to the target and
+# promotes, and the result gets this cluster's roles and passwords. Like initdb, it is
+# staged next to PGDATA until complete. PostgreSQL refuses to promote when the target lies
+# beyond the archived WAL: that is a clear error in the log and the container restarts.
+bootstrap_from_backup() {
+    local staging="$PGDATA.restore" options
+    require_empty_pgdata
+    rm -rf "$staging"
+    mapfile -t options <<< "${SHOPDB_RECOVERY_OPTIONS:---type=default}"
+    log "restoring stanza '$SHOPDB_RECOVERY_STANZA' (${options[*]})"
+    mkdir -m 0700 "$staging"
+    pgbackrest_cmd recovery --stanza="$SHOPDB_RECOVERY_STANZA" --pg1-path="$staging" restore "${options[@]}" \
+        --recovery-option="restore_command=bash $SCRIPTS_DIR/pgbackrest.sh recovery --stanza=$SHOPDB_RECOVERY_STANZA --pg1-path=$staging archive-get %f \"%p\"" \
+        || die "pgbackrest restore of stanza '$SHOPDB_RECOVERY_STANZA' failed"
+    start_private_server "$staging"
+    log "replaying WAL to the recovery target"
+    local state
+    while true; do
+        state=$(private_psql -U postgres -d postgres -c 'SELECT pg_is_in_recovery()' 2>/dev/null) \
+            || die "the restored server stopped during recovery (see the log above: a target beyond the archived WAL?)"
+        [[ "$state" == f ]] && break
+        sleep 1
+    done
+    log "recovery reached its target and promoted"
+    # The source's recovery settings must not apply to this cluster's later starts.
+    # (postgresql.auto.conf holds nothing else: the operator renders the configuration)
+    private_psql -U postgres -d postgres -c 'ALTER SYSTEM RESET ALL' > /dev/null
+    configure_primary
+    stop_private_server "$staging"
+    rm -f "$staging/recovery.signal" "$staging/standby.signal"
+    mv "$staging" "$PGDATA"
+    log "restored cluster ready"
+}
+
 # Existing data on the recorded primary. A standby here means the operator chose this
 # instance as primary: promote it, which starts a new timeline that pg_rewind can follow.
 start_as_primary() {
@@ -270,7 +305,11 @@ main() {
     [[ "$SHOPDB_SLOT" =~ $SLOT_NAME_PATTERN ]] || die "invalid SHOPDB_SLOT '$SHOPDB_SLOT'"
     [[ -f "$CONFIG_FILE" && -f "$HBA_FILE" ]] || die "missing $CONFIG_FILE or $HBA_FILE"
     prepare_run_dir
-    rm -rf "$PGDATA.initdb" "$PGDATA.clone"
+    rm -rf "$PGDATA.initdb" "$PGDATA.clone" "$PGDATA.restore"
+    if [[ "${SHOPDB_BACKUP:-}" == true || -n "${SHOPDB_RECOVERY_STANZA:-}" ]]; then
+        command -v pgbackrest > /dev/null || die "this image has no pgbackrest, but the cluster backs up or restores (spec.backup or spec.bootstrap.recovery): use an image with pgBackRest, e.g. images/postgres/Dockerfile"
+        mkdir -p "$SHOPDB_PGBACKREST_SPOOL"
+    fi
 
     # A volume's fsGroup handling may have opened the directory to the group; postgres
     # refuses to start unless it is 0700 (or 0750).
@@ -278,7 +317,13 @@ main() {
 
     local role="${SHOPDB_ROLE:-}"
     if [[ "$role" == primary ]]; then
-        if has_data "$PGDATA"; then hold_before_primary_start; start_as_primary; else bootstrap_primary; fi
+        if has_data "$PGDATA"; then
+            hold_before_primary_start; start_as_primary
+        elif [[ -n "${SHOPDB_RECOVERY_STANZA:-}" ]]; then
+            bootstrap_from_backup
+        else
+            bootstrap_primary
+        fi
     else
         [[ "$role" == replica ]] || log "recorded role '${role}' is neither primary nor replica: starting read-only"
         if ! has_data "$PGDATA"; then

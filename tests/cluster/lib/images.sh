@@ -2,7 +2,7 @@
 # Build the cluster's container images from one debootstrap'd Debian bookworm
 # (minbase) root filesystem and write them as OCI archives into the cache.
 #
-#   images.sh all                 # pause, coredns, postgres, pgbouncer, redis
+#   images.sh all                 # pause, coredns, postgres, pgbouncer, redis, versitygw
 #   images.sh NAME                # one of them
 #   images.sh operator REPO_DIR   # localhost/shopdb/operator:dev from a repo checkout
 #
@@ -125,6 +125,8 @@ build_postgres() {
     apt-get install -y -qq postgresql-common >/dev/null
     sed -ri 's/#(create_main_cluster) .*\$/\1 = false/' /etc/postgresql-common/createcluster.conf
     apt-get install -y -qq postgresql-15=$POSTGRES_DEB postgresql-client-15=$POSTGRES_DEB bash procps >/dev/null
+    apt-get install -y -qq pgbackrest=$PGBACKREST_DEB >/dev/null
+    mkdir -p /etc/pgbackrest && pgbackrest version
     mkdir -p /var/run/postgresql && chown -R postgres:postgres /var/run/postgresql && chmod 3777 /var/run/postgresql
     mkdir -p /var/lib/postgresql/data && chown -R postgres:postgres /var/lib/postgresql/data && chmod 1777 /var/lib/postgresql/data
     sed -ri \"s!^#?(listen_addresses)\\s*=\\s*\\S+.*!\\1 = '*'!\" /usr/share/postgresql/15/postgresql.conf.sample
@@ -135,6 +137,25 @@ build_postgres() {
     --env "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/postgresql/15/bin" \
     --env PG_MAJOR=15 --env PGDATA=/var/lib/postgresql/data --env LANG=C.UTF-8 --port 5432/tcp \
     --stop-signal SIGINT
+}
+
+build_versitygw() {
+  have versitygw && return 0
+  if [ ! -x "$VERSITYGW_BIN/versitygw" ]; then
+    log "versitygw $VERSITYGW_VERSION (go install)"
+    rm -rf "$VERSITYGW_BIN.partial"; mkdir -p "$VERSITYGW_BIN.partial"
+    CGO_ENABLED=0 GOBIN=$VERSITYGW_BIN.partial GOFLAGS=-trimpath GOTOOLCHAIN=local \
+      go install -ldflags "-s -w" "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION" >&2
+    mv "$VERSITYGW_BIN.partial" "$VERSITYGW_BIN"
+  fi
+  log "versitygw image"
+  local r=$WORKDIR/versitygw; rm -rf "$r"; mkdir -p "$r"/{dev,proc,sys,etc,tmp,data}
+  chmod 1777 "$r/tmp"
+  cp "$VERSITYGW_BIN/versitygw" "$r/versitygw"
+  echo "nonroot:x:65532:65532:nonroot:/data:/sbin/nologin" > "$r/etc/passwd"
+  echo "nonroot:x:65532:" > "$r/etc/group"
+  echo "versitygw $VERSITYGW_VERSION (go install)" > "$IMG_CACHE/versitygw-$(key_of versitygw).versions"
+  archive versitygw "$r" "$VERSITYGW_IMAGE" --entrypoint '["/versitygw"]' --user 65532 --workdir /data --port 7070/tcp
 }
 
 build_pgbouncer() {
@@ -222,7 +243,7 @@ build_operator() {
 
 prune() {  # archives and rootfs caches of older recipes
   local f n keep
-  for n in pause coredns postgres pgbouncer redis; do
+  for n in pause coredns postgres pgbouncer redis versitygw; do
     keep=$(key_of "$n")
     for f in "$IMG_CACHE/$n-"*; do
       [ -e "$f" ] || continue
@@ -235,14 +256,14 @@ prune() {  # archives and rootfs caches of older recipes
 
 list_archives() {  # the archives `up` imports
   local n
-  for n in pause coredns postgres pgbouncer redis; do echo "$IMG_CACHE/$n-$(key_of "$n").tar"; done
+  for n in pause coredns postgres pgbouncer redis versitygw; do echo "$IMG_CACHE/$n-$(key_of "$n").tar"; done
 }
 
 case "${1:-all}" in
-  all) build_pause; build_coredns; build_postgres; build_pgbouncer; build_redis; prune ;;
+  all) build_pause; build_coredns; build_postgres; build_pgbouncer; build_redis; build_versitygw; prune ;;
   base) build_base ;;
-  pause|coredns|postgres|pgbouncer|redis) "build_$1" ;;
+  pause|coredns|postgres|pgbouncer|redis|versitygw) "build_$1" ;;
   operator) shift; build_operator "$@" ;;
   list) list_archives ;;
-  *) echo "usage: images.sh all|base|pause|coredns|postgres|pgbouncer|redis|list|operator REPO" >&2; exit 2 ;;
+  *) echo "usage: images.sh all|base|pause|coredns|postgres|pgbouncer|redis|versitygw|list|operator REPO" >&2; exit 2 ;;
 esac

@@ -12,6 +12,9 @@ POSTGRES_DEB=15.20-0+deb12u1
 PGBOUNCER_DEB=1.18.0-1+deb12u1
 REDIS_DEB=5:7.0.15-1~deb12u10
 PYTHON_DEB=3.11.2-1+b1
+PGBACKREST_DEB=2.45-1
+# S3 server of the backup tests (Apache-2.0), go install'ed
+VERSITYGW_VERSION=v1.8.0
 
 LK_CACHE=${LK_CACHE:-/var/cache/shopdb-localkube}
 K8S_BIN=$LK_CACHE/k8s-$K8S_VERSION/bin
@@ -23,3 +26,5 @@ POSTGRES_IMAGE=localhost/shopdb/postgres:15
 PGBOUNCER_IMAGE=localhost/shopdb/pgbouncer:1
 REDIS_IMAGE=localhost/shopdb/redis:7
 OPERATOR_IMAGE=localhost/shopdb/operator:dev
+VERSITYGW_IMAGE=localhost/shopdb/versitygw:${VERSITYGW_VERSION#v}
+VERSITYGW_BIN=$LK_CACHE/versitygw-$VERSITYGW_VERSION/bin
