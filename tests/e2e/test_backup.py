@@ -6,10 +6,10 @@ One backed-up cluster serves the module (shared, as CI time asks)."""
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -44,7 +44,7 @@ def source(kubectl, images, s3):
     wait_for(lambda: all(backup_of(view, f"region-{r}").get("lastSuccessfulBackup") for r in "ab"), 300,
              "the first full backup in both repositories", interval=3)
     yield view
-    kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    delete_namespace(kubectl, namespace)
 
 
 def test_first_backup_and_archiving_are_in_status(source):
@@ -84,10 +84,8 @@ def test_backup_while_writing_then_point_in_time_recovery(kubectl, images, s3, s
     writer = Inserts(source, "pitr_probe")
     writer.start()
     previous = source.status()["backup"].get("lastJob")
-    kubectl("-n", source.namespace, "annotate", "sdc", "shop", "shopdb.io/backup-now=full",
-            "shopdb.io/backup-repository=region-a")
-    wait_for(lambda: source.status()["backup"].get("lastJob") not in (None, previous), 300,
-             "the requested backup to finish", interval=3)
+    request(kubectl, source, "shopdb.io/backup-now=full", "shopdb.io/backup-repository=region-a")
+    wait_new_backup_job(source, previous)
     writer.done.set()
     writer.join(timeout=30)
     assert condition(source, "LastBackupSucceeded")["status"] == "True", condition(source, "LastBackupSucceeded")
@@ -118,10 +116,118 @@ def test_backup_while_writing_then_point_in_time_recovery(kubectl, images, s3, s
         # an ordinary cluster: its replica cloned from the restored primary streams
         wait_for(lambda: restored.all_replicas_stream(["shop-1", "shop-2"]), 180, "the restored replica to stream")
     finally:
-        kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        delete_namespace(kubectl, namespace)
 
 
-def _logs(kubectl, namespace: str) -> str:
-    proc = subprocess.run(["kubectl", "--kubeconfig", kubectl.kubeconfig, "-n", namespace, "logs", "shop-1-0",
-                           "-c", "postgres", "--tail=50"], capture_output=True, text=True, timeout=60)
-    return proc.stdout + proc.stderr
+def delete_namespace(kubectl, namespace: str) -> None:
+    """Gone before the next cluster comes: two clusters and two S3 servers fill two cores."""
+    kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=240s", check=False, timeout=300)
+
+
+def request(kubectl, view, *annotations: str) -> None:
+    kubectl("-n", view.namespace, "annotate", "--overwrite", "sdc", "shop", *annotations)
+
+
+def wait_new_backup_job(view, previous: str | None) -> dict:
+    wait_for(lambda: (view.status().get("backup") or {}).get("lastJob") not in (None, previous), 400,
+             "the requested backup to finish", interval=3)
+    return view.status()["backup"]
+
+
+def test_a_lost_repository_stops_archiving_there_only_and_the_other_region_restores(kubectl, images, s3, source):
+    """Region A's bucket is wiped (its server's volume is lost): archiving reports the failure
+    (condition, Event) while the database keeps serving and region B keeps every WAL segment;
+    a cluster in another namespace is made from region B alone, at the latest point; a new
+    backup to region A heals it."""
+    primary = source.primary()
+    kubectl("-n", "shopdb-e2e-s3", "delete", "pod", "-l", "app=s3-a", "--wait=true", timeout=120)
+    kubectl("-n", "shopdb-e2e-s3", "rollout", "status", "deployment/s3-a", "--timeout=120s", timeout=150)
+    source.sql(primary, "CREATE TABLE region_probe (id int PRIMARY KEY)")
+    source.sql(primary, "INSERT INTO region_probe SELECT generate_series(1, 500)")
+    source.sql(primary, "SELECT pg_switch_wal()")
+    wait_for(lambda: condition(source, "ContinuousArchiving").get("status") == "False", 120,
+             "ContinuousArchiving to turn False", interval=2)
+    assert "ArchivingFailed" in events(kubectl, source.namespace)
+    # the database keeps serving writes
+    source.sql(primary, "INSERT INTO region_probe SELECT generate_series(501, 1000)")
+    expected = source.sql(primary, "SELECT count(*) FROM region_probe")[0][0]
+    source.sql(primary, "SELECT pg_switch_wal()")
+    time.sleep(5)  # region B takes the segment in the same archive_command that fails for region A
+
+    namespace = f"e2e-region-{uuid.uuid4().hex[:6]}"
+    recovery = {"recovery": {"source": {"clusterName": "shop", "namespace": source.namespace,
+                                        "repository": repository("b")}}}
+    started = time.monotonic()
+    try:
+        restored = create_cluster(kubectl, images, s3, namespace, {"bootstrap": recovery}, RECOVERY_REPLICAS)
+        print(f"\nregion B recovery Ready {time.monotonic() - started:.0f}s after apply")
+        assert restored.sql(restored.primary(), "SELECT count(*) FROM region_probe")[0][0] == expected
+    finally:
+        delete_namespace(kubectl, namespace)
+
+    # a full backup to region A creates the stanza again: archiving there resumes, nothing lost
+    previous = source.status()["backup"].get("lastJob")
+    request(kubectl, source, "shopdb.io/backup-now=full", "shopdb.io/backup-repository=region-a")
+    wait_new_backup_job(source, previous)
+    wait_archived(source)
+    wait_for(lambda: condition(source, "ContinuousArchiving").get("status") == "True", 120,
+             "ContinuousArchiving to recover", interval=2)
+
+
+def events(kubectl, namespace: str) -> str:
+    return kubectl("-n", namespace, "get", "events", "-o", "custom-columns=R:.reason,M:.message").stdout
+
+
+def test_retention_prunes_expired_full_backups_and_their_wal(kubectl, source):
+    before = backup_of(source, "region-b")
+    assert len([b for b in before["backups"] if b["type"] == "full"]) >= 1
+    kubectl("-n", source.namespace, "patch", "sdc", "shop", "--type=json", "-p",
+            '[{"op": "add", "path": "/spec/backup/repositories/1/retention/fullCount", "value": 1}]')
+    wait_for(lambda: "repo2-retention-full-type=count" in kubectl(
+        "-n", source.namespace, "get", "configmap", "shop-pgbackrest", "-o", "jsonpath={.data.job\\.conf}").stdout,
+        60, "the count retention in job.conf")
+    previous = source.status()["backup"].get("lastJob")
+    request(kubectl, source, "shopdb.io/backup-now=full", "shopdb.io/backup-repository=region-b")
+    wait_new_backup_job(source, previous)
+    after = backup_of(source, "region-b")
+    assert [b["type"] for b in after["backups"]] == ["full"], after["backups"]
+    assert after["backups"][0]["label"] not in {b["label"] for b in before["backups"]}
+    # the WAL the pruned backups needed is gone too: the archive starts at the kept backup
+    assert after["walRange"][0] == after["backups"][0]["walStart"], after
+    assert after["firstRecoverabilityPoint"] > before["firstRecoverabilityPoint"]
+
+
+def test_restore_verification_passes_then_reports_a_damaged_backup(kubectl, source):
+    def verification():
+        return (source.status().get("backup") or {}).get("lastVerifiedBackup") or {}
+
+    request(kubectl, source, "shopdb.io/verify-now=region-b")
+    wait_for(lambda: verification().get("result"), 600, "the restore verification", interval=3)
+    good = verification()
+    print(f"\nrestore verification of {good['label']}: {good['result']} in {good['durationSeconds']}s")
+    assert good["result"] == "Succeeded", good
+    assert good["label"] == backup_of(source, "region-b")["lastSuccessfulBackup"]["label"]
+    assert condition(source, "BackupVerified")["status"] == "True"
+
+    damaged = damage_a_backup_file(kubectl, source, "b", good["label"])
+    request(kubectl, source, "shopdb.io/verify-now=region-b")
+    wait_for(lambda: verification().get("job") != good["job"], 600, "the second verification", interval=3)
+    bad = verification()
+    assert bad["result"] == "Failed", (damaged, bad)
+    assert condition(source, "BackupVerified")["status"] == "False"
+    assert "RestoreVerificationFailed" in events(kubectl, source.namespace)
+
+
+def damage_a_backup_file(kubectl, view, region: str, label: str) -> str:
+    """Flip bytes in the middle of the largest file of a backup set, on the S3 server's volume
+    (the test host is the local cluster's node, so the volume is a directory here)."""
+    pod = kubectl.json("-n", "shopdb-e2e-s3", "get", "pods", "-l", f"app=s3-{region}")["items"][0]
+    root = Path(f"/var/lib/shopdb-localkube/kubelet/pods/{pod['metadata']['uid']}/volumes/kubernetes.io~empty-dir/data")
+    backup_dir = next(root.glob(f"shop-backups/shopdb/{view.namespace}/shop/backup/shop/{label}"))
+    victim = max((p for p in backup_dir.rglob("*") if p.is_file() and "pg_data" in p.parts),
+                 key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    victim.write_bytes(bytes(data))
+    return str(victim.relative_to(backup_dir))

@@ -96,8 +96,8 @@ def test_instance_conf_has_every_repository_and_the_tls_server():
     assert (g["repo2-retention-full-type"], g["repo2-retention-full"]) == ("time", "7")
     assert "repo1-storage-ca-file" not in g
     assert g["repo2-storage-ca-file"] == "/etc/shopdb/s3/ca/repo2/ca.crt"
-    assert g["archive-async"] == "y"
-    assert g["spool-path"].startswith("/var/lib/postgresql/data/")  # the data volume: queued WAL survives restarts
+    # synchronous: postgres is PID 1 and would reap (and crash on) an asynchronous worker
+    assert "archive-async" not in g and "spool-path" not in g
     assert g["archive-push-queue-max"] == str(4 * 1024 ** 3)
     server = conf["global:server"]
     assert server["tls-server-port"] == "8432"
@@ -156,7 +156,8 @@ def test_cronjobs_per_repository_and_scheduled_type():
     cronjobs = {c["metadata"]["name"]: c for c in backup_cronjobs(make_context(spec))}
     assert {n: c["spec"]["schedule"] for n, c in cronjobs.items()} == {
         "shop-backup-eu-full": "0 2 * * *", "shop-backup-eu-incr": "0 * * * *",
-        "shop-backup-us-full": "0 */6 * * *", "shop-backup-us-diff": "30 3 * * *"}
+        "shop-backup-us-full": "0 */6 * * *", "shop-backup-us-diff": "30 3 * * *",
+        "shop-backup-eu-verify": "0 4 * * 0"}  # restore verification: weekly, the first repository
     job = cronjobs["shop-backup-us-diff"]
     assert job["spec"]["concurrencyPolicy"] == "Forbid"
     template = job["spec"]["jobTemplate"]["spec"]["template"]
@@ -164,14 +165,15 @@ def test_cronjobs_per_repository_and_scheduled_type():
     assert template["spec"]["containers"][0]["command"] == ["bash", "/etc/shopdb/scripts/backup.sh", "diff", "2"]
     assert cronjobs["shop-backup-eu-full"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0][
         "command"][2:] == ["full", "1"]
-    custom = backup_cronjobs(make_context({"backup": {"repositories": [repo("eu", "b-1", schedules={"full": "5 1 * * 0"})]}}))
+    custom = backup_cronjobs(make_context({"backup": {"repositories": [repo("eu", "b-1", schedules={"full": "5 1 * * 0"})],
+                                                      "verify": {"enabled": False}}}))
     assert [c["spec"]["schedule"] for c in custom] == ["5 1 * * 0"]
 
 
 def test_cronjob_names_are_bounded_and_distinct():
     spec = {"backup": {"repositories": [repo("primary-region1", "b-1"), repo("primary-region2", "b-2")]}}
     names = [c["metadata"]["name"] for c in backup_cronjobs(make_context(spec, name="a" * 40))]
-    assert len(names) == len(set(names)) == 2
+    assert len(names) == len(set(names)) == 3  # two full schedules and the restore verification
     assert all(len(n) <= 52 for n in names)
 
 
@@ -181,20 +183,20 @@ def test_job_pod_mounts_the_client_side_of_the_tls_link():
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert [i["key"] for i in volumes["pgbackrest-tls"]["secret"]["items"]] == ["ca.crt", "client.crt", "client.key"]
     assert {"s3-repo1", "s3-repo2", "s3-ca-repo2"} <= set(volumes)
-    assert env_of(pod["containers"][0])["SHOPDB_PGBACKREST_CONF"] == "/etc/shopdb/pgbackrest/job.conf"
+    assert env_of(pod["containers"][0])["SHOPDB_STANZA"] == "shop"
 
 
 def test_job_pod_mounts_the_scripts_it_runs():
-    # BUG (backup/jobs.py job_spec, lines 54-83; backup/volumes.py job_volumes): the container runs
-    # `bash /etc/shopdb/scripts/backup.sh` (which calls pgbackrest.sh next to it), but the Job pod
-    # mounts nothing at /etc/shopdb/scripts: no image carries them there, so every backup Job fails.
+    # the container runs a script of the scripts ConfigMap (which calls pgbackrest.sh next to it):
+    # no image carries them
     ctx = make_context(TWO_REPOS)
     scripts = next(o for o in desired_objects(ctx) if o["metadata"]["name"] == "shop-scripts")["data"]
-    assert {"backup.sh", "pgbackrest.sh"} <= set(scripts)
-    for job in [*(c["spec"]["jobTemplate"] for c in backup_cronjobs(ctx)), on_demand_job(ctx, "j", "full", [1])]:
+    assert {"backup.sh", "verify.sh", "pgbackrest.sh"} <= set(scripts)
+    for job in [*(c["spec"]["jobTemplate"] for c in backup_cronjobs(ctx)), on_demand_job(ctx, "j", "full", [1]),
+                on_demand_job(ctx, "v", "verify", [2])]:
         pod = job["spec"]["template"]["spec"]
         container = pod["containers"][0]
-        assert container["command"][1] == "/etc/shopdb/scripts/backup.sh"
+        assert container["command"][1] in ("/etc/shopdb/scripts/backup.sh", "/etc/shopdb/scripts/verify.sh")
         mount = next((m for m in container["volumeMounts"] if m["mountPath"] == "/etc/shopdb/scripts"), None)
         assert mount is not None, "the backup Job does not mount the scripts it runs"
         volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
@@ -255,7 +257,7 @@ def test_desired_objects_put_the_pgbackrest_config_before_the_instances():
     assert names.index(("ConfigMap", "shop-pgbackrest")) < first_sts
     assert {"shop-backup-eu-full", "shop-backup-us-full"} <= {n for k, n in names if k == "CronJob"}
     data = objects[names.index(("ConfigMap", "shop-pgbackrest"))]["data"]
-    assert sorted(data) == ["instance.conf", "job.conf"]
+    assert sorted(data) == ["instance.conf", "job.conf", "verify.conf"]
 
 
 # --- a cluster made from another cluster's backup
@@ -431,3 +433,31 @@ def test_invalid_recovery_targets_are_rejected(target):
 def test_four_repositories_are_accepted():
     spec = ClusterSpec.model_validate({"backup": {"repositories": [repo(f"r{i}", f"bucket-{i}") for i in range(4)]}})
     assert len(spec.backup.repositories) == 4
+
+
+def test_restore_verification_job_restores_into_a_scratch_volume_as_large_as_an_instance():
+    spec = {"postgres": {"storage": {"size": "20Gi", "storageClassName": "fast"}},
+            "backup": {"repositories": [repo("eu", "shop-eu"), repo("us", "shop-us")],
+                       "verify": {"schedule": "0 5 * * 6", "repository": "us"}}}
+    cronjob = next(c for c in backup_cronjobs(make_context(spec)) if c["metadata"]["name"] == "shop-backup-us-verify")
+    assert cronjob["spec"]["schedule"] == "0 5 * * 6"
+    job = cronjob["spec"]["jobTemplate"]["spec"]
+    assert job["backoffLimit"] == 0  # a failed verification is a finding, not something to retry
+    pod = job["template"]["spec"]
+    assert job["template"]["metadata"]["labels"]["shopdb.io/backup-type"] == "verify"
+    assert pod["containers"][0]["command"] == ["bash", "/etc/shopdb/scripts/verify.sh", "2"]
+    scratch = next(v for v in pod["volumes"] if v["name"] == "scratch")["ephemeral"]["volumeClaimTemplate"]["spec"]
+    assert scratch["resources"]["requests"]["storage"] == "20Gi" and scratch["storageClassName"] == "fast"
+    assert {"name": "scratch", "mountPath": "/scratch"} in pod["containers"][0]["volumeMounts"]
+    conf = make_context(spec)
+    from shopdb_operator.backup import config_map
+    verify = config_map(conf, "/var/lib/postgresql/data/pgdata")["data"]["verify.conf"]
+    assert "pg1-path=/scratch/pgdata" in verify and "pg1-host" not in verify and "repo2-s3-bucket=shop-us" in verify
+
+
+def test_count_retention():
+    spec = {"backup": {"repositories": [repo("eu", "shop-eu", retention={"fullCount": 2})]}}
+    conf = make_context(spec)
+    from shopdb_operator.backup.config import instance_conf
+    text = instance_conf(conf, "/pgdata")
+    assert "repo1-retention-full-type=count" in text and "repo1-retention-full=2" in text

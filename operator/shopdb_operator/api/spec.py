@@ -290,6 +290,9 @@ class S3Repository(_Model):
 class RepositoryRetention(_Model):
     full_days: int = Field(30, ge=1, le=3650,
                            description="Full backups are kept this many days (with the WAL they need), then pruned.")
+    full_count: Optional[int] = Field(
+        None, ge=1, le=1000,
+        description="Keep this many full backups instead (fullDays is then ignored); their WAL goes with them.")
 
 
 class BackupSchedules(_Model):
@@ -314,6 +317,13 @@ class BackupRepository(_Model):
         return self.path or f"/shopdb/{namespace}/{cluster}"
 
 
+class RestoreVerification(_Model):
+    enabled: bool = Field(True, description="Restore the latest backup on a schedule and check it.")
+    schedule: str = Field("0 4 * * 0", pattern=CRON_PATTERN,
+                          description="When (UTC); weekly by default, after the night's full backup.")
+    repository: Optional[str] = Field(None, description="The repository to verify; the first when unset.")
+
+
 class BackupSpec(_Model):
     repositories: list[BackupRepository] = Field(
         min_length=1, max_length=4,
@@ -333,6 +343,10 @@ class BackupSpec(_Model):
         default_factory=lambda: ComputeResources(cpu="1", memory="256Mi"),
         description="The pgBackRest sidecar of each instance and the backup Jobs (which run spec.postgres.image: "
                     "pgBackRest needs one version at both ends).")
+    verify: RestoreVerification = Field(
+        default_factory=RestoreVerification,
+        description="Restore verification: a Job restores the latest backup into a scratch volume as large as an "
+                    "instance's, starts PostgreSQL on it and checks every table and index (pg_amcheck).")
 
 
 class RecoveryTarget(_Model):

@@ -20,6 +20,7 @@ def config_map(ctx: ClusterContext, pgdata: str) -> dict:
     if ctx.spec.backup is not None:
         data[config.INSTANCE_CONF] = config.instance_conf(ctx, pgdata)
         data[config.JOB_CONF] = config.job_conf(ctx, pgdata)
+        data[config.VERIFY_CONF] = config.verify_conf(ctx)
     recovery = ctx.spec.bootstrap.recovery if ctx.spec.bootstrap else None
     if recovery is not None:
         data[config.RECOVERY_CONF] = config.recovery_conf(ctx, recovery, pgdata)

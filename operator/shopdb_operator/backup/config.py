@@ -22,9 +22,9 @@ CONFIG_DIR = "/etc/shopdb/pgbackrest"
 TLS_DIR = "/etc/shopdb/pgbackrest-tls"
 S3_DIR = "/etc/shopdb/s3"  # <S3_DIR>/<repoN or recovery>/{key,secret} and ca/<...>/ca.crt
 LOCK_PATH = "/tmp/pgbackrest"
-SPOOL_PATH = "/var/lib/postgresql/data/pgbackrest-spool"  # on the volume: queued WAL survives restarts
 PG_SOCKET = "/var/run/postgresql"
-INSTANCE_CONF, JOB_CONF, RECOVERY_CONF = "instance.conf", "job.conf", "recovery.conf"
+INSTANCE_CONF, JOB_CONF, VERIFY_CONF, RECOVERY_CONF = "instance.conf", "job.conf", "verify.conf", "recovery.conf"
+VERIFY_DIR = "/scratch"  # a restore-verification Job's scratch volume
 RECOVERY_CREDENTIALS = "recovery"
 BACKUP_CLIENT_CN = "shopdb-backup"  # the CN of the Jobs' client certificate
 
@@ -51,10 +51,12 @@ def _repo_lines(index: int, repo: BackupRepository, path: str, ca_name: str) -> 
         f"repo{index}-s3-bucket={s3.bucket}",
         f"repo{index}-s3-region={s3.region}",
         f"repo{index}-s3-uri-style={s3.uri_style.value}",
-        # full backups expire by age; their WAL goes with them (archive retention follows)
-        f"repo{index}-retention-full-type=time",
-        f"repo{index}-retention-full={repo.retention.full_days}",
     ]
+    # full backups expire by age (or count); their WAL goes with them (archive retention follows)
+    if repo.retention.full_count is not None:
+        lines += [f"repo{index}-retention-full-type=count", f"repo{index}-retention-full={repo.retention.full_count}"]
+    else:
+        lines += [f"repo{index}-retention-full-type=time", f"repo{index}-retention-full={repo.retention.full_days}"]
     if s3.ca is not None:
         lines.append(f"repo{index}-storage-ca-file={ca_file(ca_name)}")
     return lines
@@ -108,10 +110,9 @@ def instance_conf(ctx: ClusterContext, pgdata: str) -> str:
     return _render([
         ("global", [
             *_repositories(ctx), *_common(backup.process_max),
-            # WAL is pushed by a background process, several segments at once; PostgreSQL's
-            # archive_command returns as soon as a segment is queued
-            "archive-async=y",
-            f"spool-path={SPOOL_PATH}",
+            # Synchronous archive-push, never archive-async: postgres is PID 1 of its container,
+            # so it reaps the asynchronous worker pgBackRest forks, and an error exit of that
+            # worker reads to the postmaster as a crashed backend (every session restarts).
             f"archive-push-queue-max={to_bytes(backup.archive_push_queue_max)}",
         ]),
         ("global:server", [
@@ -159,6 +160,14 @@ def job_conf(ctx: ClusterContext, pgdata: str) -> str:
     return _render([
         ("global", [*_repositories(ctx), *_common(ctx.spec.backup.process_max), "backup-standby=y"]),
         (stanza(ctx), hosts),
+    ])
+
+
+def verify_conf(ctx: ClusterContext) -> str:
+    """A restore-verification Job restores into its scratch volume: a local pg1, no hosts."""
+    return _render([
+        ("global", [*_repositories(ctx), *_common(ctx.spec.backup.process_max)]),
+        (stanza(ctx), [f"pg1-path={VERIFY_DIR}/pgdata"]),
     ])
 
 

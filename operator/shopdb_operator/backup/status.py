@@ -10,6 +10,7 @@ import re
 from ..api.spec import BackupSpec
 
 INFO_MARKER = "SHOPDB-INFO "
+VERIFY_MARKER = "SHOPDB-VERIFY "
 _ERROR_LINE = re.compile(r"(ERROR: \[\d+\]: .*|FATAL: .*)")
 MAX_LISTED_BACKUPS = 60  # per repository, newest kept: status stays small
 
@@ -20,15 +21,24 @@ def _iso(epoch: int | None) -> str | None:
     return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_info(log: str) -> list[dict] | None:
-    """The `pgbackrest info --output=json` a backup Job printed last, or None."""
+def _marked(log: str, marker: str):
     for line in reversed(log.splitlines()):
-        if line.startswith(INFO_MARKER):
+        if line.startswith(marker):
             try:
-                return json.loads(line[len(INFO_MARKER):])
+                return json.loads(line[len(marker):])
             except json.JSONDecodeError:
                 return None
     return None
+
+
+def parse_info(log: str) -> list[dict] | None:
+    """The `pgbackrest info --output=json` a backup Job printed last, or None."""
+    return _marked(log, INFO_MARKER)
+
+
+def parse_verification(log: str) -> dict | None:
+    """What a restore-verification Job found: {repo, label, ok, seconds, reason}, or None."""
+    return _marked(log, VERIFY_MARKER)
 
 
 def failure_reason(log: str) -> str:

@@ -23,6 +23,7 @@ from .locks import cluster_lock
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 DRIFT_INTERVAL_SECONDS = 15
+FIRST_BACKUP_WAIT_SECONDS = 600  # for every replica to be ready, so it runs off one
 
 
 def _now() -> str:
@@ -113,7 +114,10 @@ def keep_in_sync(name, namespace, uid, logger, **_) -> None:
         rec.apply_objects(kube(), ctx, rec.desired_objects(ctx))
         observed = rec.observed_status(kube(), ctx, status.get("health"))
         primary_ready = any(i["ready"] for i in observed["instances"] if i["name"] == ctx.topology.primary)
-        backed_up = backups.observe(kube(), ctx, current, primary_ready)
+        age = datetime.datetime.now(datetime.timezone.utc) - datetime.datetime.fromisoformat(
+            current["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+        backed_up = backups.observe(kube(), ctx, current, observed["allReady"] or (
+            primary_ready and age.total_seconds() > FIRST_BACKUP_WAIT_SECONDS))
 
         def conditions(live, _):
             for type_, ok, reason, message in backed_up.conditions:

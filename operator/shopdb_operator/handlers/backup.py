@@ -24,6 +24,8 @@ ANNOTATION_BACKUP_NOW = f"{GROUP}/backup-now"  # full | diff | incr
 ANNOTATION_BACKUP_REPOSITORY = f"{GROUP}/backup-repository"  # a repository name; every one when absent
 CONTINUOUS_ARCHIVING = "ContinuousArchiving"
 LAST_BACKUP_SUCCEEDED = "LastBackupSucceeded"
+BACKUP_VERIFIED = "BackupVerified"
+ANNOTATION_VERIFY_NOW = f"{GROUP}/verify-now"  # a repository name, or "true" for the configured one
 BACKUP_TYPES = ("full", "diff", "incr")
 
 
@@ -44,8 +46,10 @@ def job_name(ctx: ClusterContext, backup_type: str, now: datetime.datetime) -> s
     return ctx.child(f"backup-{backup_type}-{now.strftime('%Y%m%d%H%M%S')}")
 
 
-def request_backup(kube: Kube, ctx: ClusterContext, backup_type: str, repositories: list[str] | None) -> str:
-    """Start a backup Job now; its name. Raises ValueError for an unknown type or repository."""
+def request_backup(kube: Kube, ctx: ClusterContext, backup_type: str, repositories: list[str] | None,
+                   name: str | None = None) -> str:
+    """Start a backup Job now (unless one of that name exists); its name. Raises ValueError
+    for an unknown type or repository."""
     if backup_type not in BACKUP_TYPES:
         raise ValueError(f"unknown backup type {backup_type!r}: one of {', '.join(BACKUP_TYPES)}")
     names = [r.name for r in ctx.spec.backup.repositories]
@@ -53,8 +57,19 @@ def request_backup(kube: Kube, ctx: ClusterContext, backup_type: str, repositori
     if unknown:
         raise ValueError(f"no repository {', '.join(unknown)} (repositories: {', '.join(names)})")
     indexes = [i for i, n in enumerate(names, start=1) if not repositories or n in repositories]
-    name = job_name(ctx, backup_type, _now())
+    name = name or job_name(ctx, backup_type, _now())
     kube.create(backup_jobs.on_demand_job(ctx, name, backup_type, indexes))
+    return name
+
+
+def request_verification(kube: Kube, ctx: ClusterContext, repository: str | None) -> str:
+    """Start a restore verification of one repository now (the configured one when None)."""
+    names = [r.name for r in ctx.spec.backup.repositories]
+    if repository is not None and repository not in names:
+        raise ValueError(f"no repository {repository} (repositories: {', '.join(names)})")
+    index = names.index(repository) + 1 if repository else backup_jobs.verify_repository(ctx)[0]
+    name = job_name(ctx, backup_jobs.VERIFY, _now())
+    kube.create(backup_jobs.on_demand_job(ctx, name, backup_jobs.VERIFY, [index]))
     return name
 
 
@@ -84,13 +99,26 @@ def _repo_names(ctx: ClusterContext, job: dict) -> list[str]:
     return [names[i - 1] for i in indexes if 0 < i <= len(names)]
 
 
+def _job_type(job: dict) -> str:
+    labels = (job.get("spec") or {}).get("template", {}).get("metadata", {}).get("labels") or {}
+    return labels.get(backup_jobs.LABEL_BACKUP_TYPE, "")
+
+
 def _read_jobs(kube: Kube, ctx: ClusterContext, recorded: dict, out: Observed) -> None:
-    """The newest finished backup Job, read once: what the repositories hold, or why it failed."""
+    """The newest finished backup Job and the newest finished verification, each read once."""
     jobs = kube.list("batch/v1", "Job", ctx.namespace, {LABEL_CLUSTER: ctx.name, COMPONENT: backup_jobs.BACKUP})
     finished = [(f[1], j, f[0]) for j in jobs if (f := _finished(j))]
-    if not finished:
-        return
-    at, job, outcome = max(finished, key=lambda item: item[0])
+    backups = [item for item in finished if _job_type(item[1]) != backup_jobs.VERIFY]
+    verifications = [item for item in finished if _job_type(item[1]) == backup_jobs.VERIFY]
+    if backups:
+        _read_backup(kube, ctx, recorded, out, *max(backups, key=lambda item: item[0]))
+    if verifications:
+        _read_verification(kube, ctx, recorded, out, *max(verifications, key=lambda item: item[0]))
+
+
+def _read_backup(kube: Kube, ctx: ClusterContext, recorded: dict, out: Observed, at: str, job: dict,
+                 outcome: str) -> None:
+    """What the repositories hold, or why the backup failed."""
     name = job["metadata"]["name"]
     if name == recorded.get("lastJob"):
         return
@@ -100,8 +128,7 @@ def _read_jobs(kube: Kube, ctx: ClusterContext, recorded: dict, out: Observed) -
     if info is not None:
         for repo, held in backup_status.repositories_from_info(info, ctx.spec.backup).items():
             repositories[repo] = {**(repositories.get(repo) or {}), **held}
-    backup_type = ((job.get("spec") or {}).get("template", {}).get("metadata", {}).get("labels") or {}).get(
-        backup_jobs.LABEL_BACKUP_TYPE, "")
+    backup_type = _job_type(job)
     if outcome == "Failed":
         reason = backup_status.failure_reason(text)
         for repo in _repo_names(ctx, job):
@@ -116,6 +143,30 @@ def _read_jobs(kube: Kube, ctx: ClusterContext, recorded: dict, out: Observed) -
     out.status["lastJob"] = name
 
 
+def _read_verification(kube: Kube, ctx: ClusterContext, recorded: dict, out: Observed, at: str, job: dict,
+                       outcome: str) -> None:
+    """Whether the latest backup restored, started and passed pg_amcheck."""
+    name = job["metadata"]["name"]
+    if name == (recorded.get("lastVerifiedBackup") or {}).get("job"):
+        return
+    text = _job_log(kube, ctx, name)
+    result = backup_status.parse_verification(text) or {}
+    repos = _repo_names(ctx, job)
+    ok = outcome == "Complete" and bool(result.get("ok"))
+    reason = result.get("reason") or ("" if ok else backup_status.failure_reason(text))
+    out.status["lastVerifiedBackup"] = {
+        "job": name, "at": at, "repository": repos[0] if repos else None, "label": result.get("label") or None,
+        "result": "Succeeded" if ok else "Failed", "durationSeconds": result.get("seconds"),
+        "reason": reason or None}
+    if ok:
+        message = f"backup {result.get('label')} of {repos[0] if repos else '?'} restored and checked in {result.get('seconds')}s"
+        out.conditions.append((BACKUP_VERIFIED, True, "RestoreVerified", message))
+        out.events.append(("Normal", "RestoreVerified", message))
+    else:
+        out.conditions.append((BACKUP_VERIFIED, False, "RestoreVerificationFailed", f"{name}: {reason}"))
+        out.events.append(("Warning", "RestoreVerificationFailed", f"{name}: {reason}"))
+
+
 def _archiving(kube: Kube, ctx: ClusterContext, conditions: list[dict], out: Observed) -> None:
     primary = database_pods(kube, ctx.namespace, ctx.name).get(ctx.topology.primary)
     address = pod_address(primary)
@@ -123,7 +174,8 @@ def _archiving(kube: Kube, ctx: ClusterContext, conditions: list[dict], out: Obs
     row = None
     if address is not None and password:
         try:
-            with postgres.connect(host=address.host, port=address.port, user="postgres", password=password,
+            host, port = address
+            with postgres.connect(host=host, port=port, user="postgres", password=password,
                                   dbname="postgres", connect_timeout=3, statement_timeout_ms=3000) as conn:
                 row = postgres.archiver(conn)
         except postgres.Error as err:
@@ -138,7 +190,9 @@ def _archiving(kube: Kube, ctx: ClusterContext, conditions: list[dict], out: Obs
         out.events.append(("Warning", "ArchivingFailed", message))
 
 
-def observe(kube: Kube, ctx: ClusterContext, current: dict, primary_ready: bool) -> Observed:
+def observe(kube: Kube, ctx: ClusterContext, current: dict, ready_for_first_backup: bool) -> Observed:
+    """`ready_for_first_backup`: every instance is ready (so it runs off a replica), or the
+    primary has been for a while (a replica that never comes must not delay it forever)."""
     out = Observed()
     if ctx.spec.backup is None:
         return out
@@ -147,6 +201,15 @@ def observe(kube: Kube, ctx: ClusterContext, current: dict, primary_ready: bool)
     recorded = status.get("backup") or {}
     annotations = meta.get("annotations") or {}
     requested = annotations.get(ANNOTATION_BACKUP_NOW)
+    verify = annotations.get(ANNOTATION_VERIFY_NOW)
+    if verify is not None:
+        kube.merge_patch(f"{GROUP}/{VERSION}", KIND, ctx.namespace, ctx.name,
+                         {"metadata": {"annotations": {ANNOTATION_VERIFY_NOW: None}}})
+        try:
+            name = request_verification(kube, ctx, None if verify in ("", "true") else verify)
+            out.events.append(("Normal", "RestoreVerificationStarted", f"restore verification {name} requested"))
+        except ValueError as err:
+            out.events.append(("Warning", "RestoreVerificationRefused", str(err)))
     if requested is not None:
         kube.merge_patch(f"{GROUP}/{VERSION}", KIND, ctx.namespace, ctx.name, {"metadata": {"annotations": {
             ANNOTATION_BACKUP_NOW: None, ANNOTATION_BACKUP_REPOSITORY: None}}})
@@ -156,11 +219,16 @@ def observe(kube: Kube, ctx: ClusterContext, current: dict, primary_ready: bool)
             out.events.append(("Normal", "BackupStarted", f"{requested} backup {name} requested"))
         except ValueError as err:
             out.events.append(("Warning", "BackupRefused", str(err)))
-    if not recorded.get("initialBackupJob") and primary_ready:
-        # a new cluster is backed up at once: the stanza exists and WAL archiving starts
-        name = request_backup(kube, ctx, "full", None)
+    if not recorded.get("initialBackupJob") and ready_for_first_backup:
+        # a new cluster is backed up at once: the stanza exists and WAL archiving starts.
+        # One name, so that a pass that fails later never starts a second one.
+        name = request_backup(kube, ctx, "full", None, name=ctx.child("backup-first"))
         out.status["initialBackupJob"] = name
         out.events.append(("Normal", "BackupStarted", f"first full backup {name}"))
-    _read_jobs(kube, ctx, recorded, out)
-    _archiving(kube, ctx, status.get("conditions") or [], out)
+    for step in (lambda: _read_jobs(kube, ctx, recorded, out),
+                 lambda: _archiving(kube, ctx, status.get("conditions") or [], out)):
+        try:
+            step()
+        except (KubeError, postgres.Error, OSError) as err:  # the next pass tries again
+            log.warning("%s/%s: reading backup state: %s", ctx.namespace, ctx.name, err)
     return out

@@ -111,7 +111,7 @@ class Kube:
         _, url, headers, _, _ = self.api.param_serialize(
             method="GET", resource_path=resource_path("v1", "Pod", namespace, pod, "log"),
             query_params=[("container", container), ("tailLines", str(tail_lines))],
-            header_params={"Accept": "text/plain"}, auth_settings=["BearerToken"])
+            header_params={"Accept": "*/*"}, auth_settings=["BearerToken"])
         response = self.api.call_api("GET", url, header_params=headers, _request_timeout=self.timeout)
         data = response.read()
         if response.status >= 400:

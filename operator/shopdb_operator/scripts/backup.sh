@@ -25,21 +25,37 @@ log() {
 # a repository that holds another database's stanza is refused here, loudly.
 pgbr stanza-create || { echo "FATAL: stanza-create failed"; exit 1; }
 
+# One backup to one repository. Another backup of this stanza holds pgBackRest's lock (a
+# schedule overlapping another, an on-demand backup; the instances' pgBackRest servers take
+# it, so two Jobs never run at once): wait for it, up to an hour.
+backup_to() {
+    local repo=$1 rc waited=0
+    while true; do
+        pgbr backup --type="$type" --repo="$repo" 2>&1 | tee /tmp/backup.out
+        rc=${PIPESTATUS[0]}
+        if ((rc == 56)) && grep -q "unable to find standby" /tmp/backup.out; then
+            log "no replica is streaming: backing up repo$repo from the primary"
+            pgbr backup --type="$type" --repo="$repo" --no-backup-standby 2>&1 | tee /tmp/backup.out
+            rc=${PIPESTATUS[0]}
+        fi
+        if ((rc != 0 && waited < 3600)) && grep -q "unable to acquire lock" /tmp/backup.out; then
+            log "another backup of this stanza runs: waiting for it"
+            sleep 30
+            waited=$((waited + 30))
+            continue
+        fi
+        return "$rc"
+    done
+}
+
 failed=()
 for repo in "$@"; do
     log "$type backup to repo$repo"
     started=$SECONDS
-    pgbr backup --type="$type" --repo="$repo" 2>&1 | tee /tmp/backup.out
-    rc=${PIPESTATUS[0]}
-    if ((rc == 56)) && grep -q "unable to find standby" /tmp/backup.out; then
-        log "no replica is streaming: backing up repo$repo from the primary"
-        pgbr backup --type="$type" --repo="$repo" --no-backup-standby
-        rc=$?
-    fi
-    if ((rc == 0)); then
+    if backup_to "$repo"; then
         log "repo$repo: $type backup done in $((SECONDS - started))s"
     else
-        log "repo$repo: $type backup FAILED (exit $rc)"
+        log "repo$repo: $type backup FAILED"
         failed+=("$repo")
     fi
 done

@@ -10,7 +10,6 @@ SHOPDB_LISTEN="${SHOPDB_LISTEN:-*}"
 SHOPDB_PRIMARY_PORT="${SHOPDB_PRIMARY_PORT:-5432}"
 SHOPDB_REPLICATION_USER="${SHOPDB_REPLICATION_USER:-streaming_replica}"
 SHOPDB_PRIMARY_WAIT_SECONDS="${SHOPDB_PRIMARY_WAIT_SECONDS:-120}"
-SHOPDB_PGBACKREST_SPOOL="${SHOPDB_PGBACKREST_SPOOL:-/var/lib/postgresql/data/pgbackrest-spool}"
 SCRIPTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # The passfile lets libpq (walreceiver, pg_basebackup, pg_rewind) authenticate without
 # putting passwords on command lines or in postgresql.auto.conf.

@@ -308,7 +308,6 @@ main() {
     rm -rf "$PGDATA.initdb" "$PGDATA.clone" "$PGDATA.restore"
     if [[ "${SHOPDB_BACKUP:-}" == true || -n "${SHOPDB_RECOVERY_STANZA:-}" ]]; then
         command -v pgbackrest > /dev/null || die "this image has no pgbackrest, but the cluster backs up or restores (spec.backup or spec.bootstrap.recovery): use an image with pgBackRest, e.g. images/postgres/Dockerfile"
-        mkdir -p "$SHOPDB_PGBACKREST_SPOOL"
     fi
 
     # A volume's fsGroup handling may have opened the directory to the group; postgres

@@ -1,7 +1,7 @@
 #!/bin/bash
 # pgbackrest with the configuration of one role and the S3 keys that role may use.
 #
-#   pgbackrest.sh instance|job|recovery PGBACKREST-ARGS...
+#   pgbackrest.sh instance|job|verify|recovery PGBACKREST-ARGS...
 #
 # The keys are read from the mounted Secrets (/etc/shopdb/s3/<repoN|recovery>/{key,secret})
 # into pgBackRest's environment for this one command: they are never in a configuration
@@ -12,7 +12,7 @@ set -euo pipefail
 SHOPDB_PGBACKREST_DIR="${SHOPDB_PGBACKREST_DIR:-/etc/shopdb/pgbackrest}"
 SHOPDB_S3_DIR="${SHOPDB_S3_DIR:-/etc/shopdb/s3}"
 
-role="${1:?usage: pgbackrest.sh instance|job|recovery ARGS...}"
+role="${1:?usage: pgbackrest.sh instance|job|verify|recovery ARGS...}"
 shift
 command -v pgbackrest > /dev/null || {
     echo "FATAL: this image has no pgbackrest, but the cluster backs up or restores (spec.backup or spec.bootstrap.recovery); use an image with pgBackRest, e.g. images/postgres/Dockerfile" >&2
@@ -26,7 +26,7 @@ export_keys() {  # export_keys INDEX DIR
 }
 
 case "$role" in
-    instance|job)
+    instance|job|verify)
         for dir in "$SHOPDB_S3_DIR"/repo*; do
             [[ -d "$dir" ]] && export_keys "${dir##*/repo}" "$dir"
         done ;;
