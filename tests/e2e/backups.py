@@ -3,12 +3,10 @@ with a CA the test makes, a backed-up cluster, and recovery clusters made from i
 
 from __future__ import annotations
 
-import time
-
 import yaml
 from shopdb_operator import certs
 
-from load import ClusterView
+from load import POSTGRES_PORT, ClusterView, instance_addresses
 from support import apply_schema_config_map, example_cluster, wait_for
 
 S3_NAMESPACE = "shopdb-e2e-s3"
@@ -19,28 +17,28 @@ S3_PORT = 7070
 READY_TIMEOUT = 600
 
 
-def s3_host(region: str) -> str:
-    return f"s3-{region}.{S3_NAMESPACE}.svc"
+def s3_host(region: str, namespace: str = S3_NAMESPACE) -> str:
+    return f"s3-{region}.{namespace}.svc"
 
 
 class S3Servers:
     """versitygw (an S3 gateway over a directory) per region, serving TLS with a certificate
     from a CA made here; the CA goes to pgBackRest, which verifies it (never turned off)."""
 
-    def __init__(self, kubectl, images):
+    def __init__(self, kubectl, images, namespace: str = S3_NAMESPACE):
         import secrets
 
-        self.kubectl, self.images = kubectl, images
+        self.kubectl, self.images, self.namespace = kubectl, images, namespace
         self.secret_key = secrets.token_urlsafe(24)
         self.ca = certs.new_ca("shopdb e2e S3 CA")
-        names = [n for r in REGIONS for n in (s3_host(r), f"{s3_host(r)}.cluster.local")]
+        names = [n for r in REGIONS for n in (s3_host(r, namespace), f"{s3_host(r, namespace)}.cluster.local")]
         self.server = certs.issue(self.ca, "s3", names)
 
     def start(self) -> None:
         kubectl = self.kubectl
-        kubectl("create", "namespace", S3_NAMESPACE, check=False)
+        kubectl("create", "namespace", self.namespace, check=False)
         docs = [{
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3", "namespace": S3_NAMESPACE},
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3", "namespace": self.namespace},
             "stringData": {"tls.crt": self.server.cert_pem, "tls.key": self.server.key_pem,
                            "access": ACCESS_KEY, "secret": self.secret_key},
         }]
@@ -48,7 +46,7 @@ class S3Servers:
             docs += self._server(region)
         kubectl.apply(yaml.safe_dump_all(docs))
         for region in REGIONS:
-            kubectl("-n", S3_NAMESPACE, "rollout", "status", f"deployment/s3-{region}", "--timeout=180s", timeout=200)
+            kubectl("-n", self.namespace, "rollout", "status", f"deployment/s3-{region}", "--timeout=180s", timeout=200)
 
     def _server(self, region: str) -> list[dict]:
         labels = {"app": f"s3-{region}"}
@@ -58,7 +56,7 @@ class S3Servers:
                     "capabilities": {"drop": ["ALL"]}}
         deployment = {
             "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": f"s3-{region}", "namespace": S3_NAMESPACE, "labels": labels},
+            "metadata": {"name": f"s3-{region}", "namespace": self.namespace, "labels": labels},
             "spec": {
                 "replicas": 1, "selector": {"matchLabels": labels}, "strategy": {"type": "Recreate"},
                 "template": {"metadata": {"labels": labels}, "spec": {
@@ -93,7 +91,7 @@ class S3Servers:
             },
         }
         service = {"apiVersion": "v1", "kind": "Service",
-                   "metadata": {"name": f"s3-{region}", "namespace": S3_NAMESPACE},
+                   "metadata": {"name": f"s3-{region}", "namespace": self.namespace},
                    "spec": {"selector": labels, "ports": [{"name": "https", "port": 443, "targetPort": S3_PORT}]}}
         return [deployment, service]
 
@@ -108,12 +106,12 @@ class S3Servers:
         self.kubectl.apply(yaml.safe_dump_all(docs))
 
     def stop(self) -> None:
-        self.kubectl("delete", "namespace", S3_NAMESPACE, "--wait=false", "--ignore-not-found", check=False)
+        self.kubectl("delete", "namespace", self.namespace, "--wait=false", "--ignore-not-found", check=False)
 
 
-def repository(region: str, **overrides) -> dict:
+def repository(region: str, namespace: str = S3_NAMESPACE, **overrides) -> dict:
     repo = {"name": f"region-{region}",
-            "s3": {"endpoint": s3_host(region), "bucket": BUCKET, "uriStyle": "path",
+            "s3": {"endpoint": s3_host(region, namespace), "bucket": BUCKET, "uriStyle": "path",
                    "credentials": {"secretName": "s3-credentials"}, "ca": {"name": "s3-ca", "key": "ca.crt"}}}
     repo.update(overrides)
     return repo
@@ -142,6 +140,16 @@ def create_cluster(kubectl, images, s3: S3Servers, namespace: str, spec_extra: d
     return ClusterView(kubectl.kubeconfig, namespace)
 
 
+def execute(view: ClusterView, instance: str, statement: str) -> None:
+    """A statement that returns no rows (DDL, INSERT), as the superuser, on one instance."""
+    import psycopg
+
+    address = instance_addresses(view.kubeconfig, view.namespace, view.name)[instance]
+    with psycopg.connect(host=address, port=POSTGRES_PORT, user="postgres", password=view.superuser,
+                         dbname="postgres", connect_timeout=5, autocommit=True) as conn:
+        conn.execute(statement)
+
+
 def backup_of(view: ClusterView, repository_name: str) -> dict:
     return ((view.status().get("backup") or {}).get("repositories") or {}).get(repository_name) or {}
 
@@ -162,7 +170,3 @@ def wait_archived(view: ClusterView, timeout: float = 120) -> str:
 def db_time(view: ClusterView) -> str:
     return view.sql(view.primary(), "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', "
                                      "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")[0][0]
-
-
-def sleep_past(seconds: float) -> None:
-    time.sleep(seconds)

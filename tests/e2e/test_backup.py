@@ -12,8 +12,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
-from backups import (S3Servers, backup_of, condition, create_cluster, db_time, repository, wait_archived)
+from backups import (S3Servers, backup_of, condition, create_cluster, db_time, execute, repository, wait_archived)
 from support import is_local_cluster, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -71,7 +72,7 @@ class Inserts(threading.Thread):
         primary = self.view.primary()
         while not self.done.is_set():
             try:
-                self.view.sql(primary, f"INSERT INTO {self.table} DEFAULT VALUES")
+                execute(self.view, primary, f"INSERT INTO {self.table} DEFAULT VALUES")
                 self.count += 1
             except Exception:  # noqa: BLE001 - counted; the test asserts on it
                 self.errors += 1
@@ -80,7 +81,9 @@ class Inserts(threading.Thread):
 
 def test_backup_while_writing_then_point_in_time_recovery(kubectl, images, s3, source):
     primary = source.primary()
-    source.sql(primary, "CREATE TABLE pitr_probe (id bigserial PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
+    execute(source, primary, "CREATE TABLE pitr_probe (id bigserial PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
+    execute(source, primary, "CREATE TABLE products_probe AS SELECT i AS id, 'product ' || i AS name "
+                             "FROM generate_series(1, 300) i")
     writer = Inserts(source, "pitr_probe")
     writer.start()
     previous = source.status()["backup"].get("lastJob")
@@ -96,8 +99,8 @@ def test_backup_while_writing_then_point_in_time_recovery(kubectl, images, s3, s
     time.sleep(1)
     target = db_time(source)
     time.sleep(1)
-    source.sql(primary, "INSERT INTO pitr_probe DEFAULT VALUES")
-    source.sql(primary, "DROP TABLE products CASCADE")
+    execute(source, primary, "INSERT INTO pitr_probe DEFAULT VALUES")
+    execute(source, primary, "DROP TABLE products_probe")  # the bad migration
     wait_archived(source)
 
     namespace = f"e2e-restore-{uuid.uuid4().hex[:6]}"
@@ -111,7 +114,7 @@ def test_backup_while_writing_then_point_in_time_recovery(kubectl, images, s3, s
               f"({kept} rows before the target)")
         new_primary = restored.primary()
         assert restored.sql(new_primary, "SELECT count(*) FROM pitr_probe")[0][0] == kept
-        assert restored.sql(new_primary, "SELECT to_regclass('public.products') IS NOT NULL")[0][0]
+        assert restored.sql(new_primary, "SELECT count(*) FROM products_probe")[0][0] == 300
         assert restored.sql(new_primary, "SELECT pg_is_in_recovery()")[0][0] is False
         # an ordinary cluster: its replica cloned from the restored primary streams
         wait_for(lambda: restored.all_replicas_stream(["shop-1", "shop-2"]), 180, "the restored replica to stream")
@@ -135,24 +138,34 @@ def wait_new_backup_job(view, previous: str | None) -> dict:
 
 
 def test_a_lost_repository_stops_archiving_there_only_and_the_other_region_restores(kubectl, images, s3, source):
-    """Region A's bucket is wiped (its server's volume is lost): archiving reports the failure
-    (condition, Event) while the database keeps serving and region B keeps every WAL segment;
-    a cluster in another namespace is made from region B alone, at the latest point; a new
-    backup to region A heals it."""
-    primary = source.primary()
+    """After a failover between two backups, region A's bucket is wiped (its server's volume is
+    lost): archiving reports the failure
+    (condition, Event) while the database keeps serving; region B holds what was archived;
+    a cluster in another namespace is made from region B alone, at the latest point (across
+    the failover's new timeline); a new backup to region A heals it, and the WAL held back
+    meanwhile reaches both."""
+    # first a failover between two backups: the new primary archives on its new timeline
+    old = source.primary()
+    execute(source, old, "CREATE TABLE region_probe (id int PRIMARY KEY)")
+    execute(source, old, "INSERT INTO region_probe SELECT generate_series(1, 500)")
+    kubectl("-n", source.namespace, "delete", "pod", f"{old}-0", "--wait=false")
+    primary = wait_for(lambda: source.primary() != old and source.primary(), 180, "the failover", interval=2)
+    wait_for(lambda: source.sql(primary, "SELECT NOT pg_is_in_recovery()")[0][0], 60, "the new primary", interval=1)
+    execute(source, primary, "INSERT INTO region_probe SELECT generate_series(501, 1000)")
+    wait_archived(source)
     kubectl("-n", "shopdb-e2e-s3", "delete", "pod", "-l", "app=s3-a", "--wait=true", timeout=120)
     kubectl("-n", "shopdb-e2e-s3", "rollout", "status", "deployment/s3-a", "--timeout=120s", timeout=150)
-    source.sql(primary, "CREATE TABLE region_probe (id int PRIMARY KEY)")
-    source.sql(primary, "INSERT INTO region_probe SELECT generate_series(1, 500)")
+    execute(source, primary, "INSERT INTO region_probe SELECT generate_series(1001, 1500)")
     source.sql(primary, "SELECT pg_switch_wal()")
     wait_for(lambda: condition(source, "ContinuousArchiving").get("status") == "False", 120,
              "ContinuousArchiving to turn False", interval=2)
     assert "ArchivingFailed" in events(kubectl, source.namespace)
     # the database keeps serving writes
-    source.sql(primary, "INSERT INTO region_probe SELECT generate_series(501, 1000)")
-    expected = source.sql(primary, "SELECT count(*) FROM region_probe")[0][0]
-    source.sql(primary, "SELECT pg_switch_wal()")
-    time.sleep(5)  # region B takes the segment in the same archive_command that fails for region A
+    execute(source, primary, "INSERT INTO region_probe SELECT generate_series(1501, 2000)")
+    # With synchronous archive-push, region B gets at most one segment ahead of the failing
+    # region A (pgBackRest's documented limit without archive-async): the rows archived
+    # before the loss are the promise.
+    archived_before_the_loss = 1000
 
     namespace = f"e2e-region-{uuid.uuid4().hex[:6]}"
     recovery = {"recovery": {"source": {"clusterName": "shop", "namespace": source.namespace,
@@ -161,7 +174,9 @@ def test_a_lost_repository_stops_archiving_there_only_and_the_other_region_resto
     try:
         restored = create_cluster(kubectl, images, s3, namespace, {"bootstrap": recovery}, RECOVERY_REPLICAS)
         print(f"\nregion B recovery Ready {time.monotonic() - started:.0f}s after apply")
-        assert restored.sql(restored.primary(), "SELECT count(*) FROM region_probe")[0][0] == expected
+        recovered = restored.sql(restored.primary(), "SELECT count(*) FROM region_probe")[0][0]
+        print(f"region B alone: {recovered} of 2000 rows ({archived_before_the_loss} archived before region A was lost)")
+        assert recovered >= archived_before_the_loss
     finally:
         delete_namespace(kubectl, namespace)
 
@@ -231,3 +246,36 @@ def damage_a_backup_file(kubectl, view, region: str, label: str) -> str:
     data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
     victim.write_bytes(bytes(data))
     return str(victim.relative_to(backup_dir))
+
+
+def test_an_image_without_pgbackrest_fails_with_one_clear_line(kubectl, images, s3, source):
+    """Backups configured, an image that has bash but no pgBackRest (the local PgBouncer image):
+    the instance does not start, and says why in status and in a Warning Event."""
+    namespace = f"e2e-nopgbr-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", namespace)
+    try:
+        s3.client_secrets(namespace)
+        cluster = {"apiVersion": "shopdb.io/v1alpha1", "kind": "ShopDatabaseCluster",
+                   "metadata": {"name": "shop", "namespace": namespace},
+                   "spec": {"postgres": {"image": images.pgbouncer, "storage": {"size": "1Gi"},
+                                         "resources": {"primary": {"cpu": "50m", "memory": "128Mi"},
+                                                       "replica": {"cpu": "50m", "memory": "128Mi"}}},
+                            "replicas": [], "failover": {"enabled": False},
+                            "pgbouncer": {"instances": 1, "image": images.pgbouncer, "readOnlyPoolSize": 0,
+                                          "resources": {"cpu": "20m", "memory": "32Mi"}},
+                            "redis": {"enabled": False},
+                            "maintenance": {"partitionedTables": [], "materializedViews": []},
+                            "backup": {"repositories": [repository("a")],
+                                       "resources": {"cpu": "20m", "memory": "64Mi"}},
+                            "reclaimPolicy": "Delete"}}
+        kubectl.apply(yaml.safe_dump(cluster))
+
+        def failure():
+            instances = (kubectl.json("-n", namespace, "get", "sdc", "shop").get("status") or {}).get("instances")
+            return next((i.get("error") for i in instances or [] if i.get("error")), None)
+
+        error = wait_for(failure, 180, "the instance's failure in status", interval=3)
+        assert "has no pgbackrest" in error, error
+        assert "InstanceFailing" in events(kubectl, namespace)
+    finally:
+        delete_namespace(kubectl, namespace)

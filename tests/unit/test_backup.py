@@ -461,3 +461,50 @@ def test_count_retention():
     from shopdb_operator.backup.config import instance_conf
     text = instance_conf(conf, "/pgdata")
     assert "repo1-retention-full-type=count" in text and "repo1-retention-full=2" in text
+
+
+def test_verification_result_is_read_from_the_last_marker_line():
+    from shopdb_operator.backup.status import parse_verification
+    log = ('verify: restoring\nSHOPDB-VERIFY {"repo":1,"label":"old","ok":false,"seconds":1,"reason":"x"}\n'
+           'SHOPDB-VERIFY {"repo":2,"label":"20261202-232706F","ok":true,"seconds":42,"reason":""}\n')
+    assert parse_verification(log) == {"repo": 2, "label": "20261202-232706F", "ok": True, "seconds": 42, "reason": ""}
+    assert parse_verification("no marker") is None
+
+
+def test_backup_validation_refuses_what_the_schema_cannot_say():
+    from shopdb_operator.api.validate import InvalidSpec, parse_spec, recovery_overlap_problem
+    import pytest
+    with pytest.raises(InvalidSpec) as err:
+        parse_spec({"backup": {"repositories": [repo("eu", "b-1", schedules={"full": "0 25 * * *"})]}})
+    assert "spec.backup.repositories[0].schedules.full" in str(err.value)
+    with pytest.raises(InvalidSpec) as err:
+        parse_spec({"backup": {"repositories": [repo("eu", "b-1"), repo("eu", "b-2")]}})
+    assert "repeated: eu" in str(err.value)
+    with pytest.raises(InvalidSpec) as err:
+        parse_spec({"bootstrap": {"recovery": {"source": {"clusterName": "shop", "repository": repo("eu", "b-1")},
+                                               "target": {"lsn": "0/5000028", "backupSet": "20261202-224232F"}}}})
+    assert "one of time, lsn or backupSet" in str(err.value)
+    # a restored cluster must never archive into its source's stanza (same system identifier)
+    same = parse_spec({"backup": {"repositories": [repo("eu", "b-1")]},
+                       "bootstrap": {"recovery": {"source": {"clusterName": "shop", "repository": repo("eu", "b-1")}}}})
+    assert "write into its source's backups" in recovery_overlap_problem(same, "shop", "shop")
+    assert recovery_overlap_problem(same, "shop", "shop-restored") is None  # another stanza and path
+    other_ns = parse_spec({"backup": {"repositories": [repo("eu", "b-1")]},
+                           "bootstrap": {"recovery": {"source": {"clusterName": "shop", "namespace": "prod",
+                                                                 "repository": repo("eu", "b-1")}}}})
+    assert recovery_overlap_problem(other_ns, "staging", "shop") is None  # /shopdb/prod/shop vs /shopdb/staging/shop
+
+
+def test_a_failing_instance_container_is_summed_up_in_one_line():
+    from shopdb_operator.handlers.reconcile import container_failure
+    message = ("2026-12-02T23:05:31Z shopdb[shop-1]: starting\n"
+               "2026-12-02T23:05:31Z shopdb[shop-1]: FATAL: this image has no pgbackrest, but the cluster backs up\n")
+    pod = {"status": {"containerStatuses": [
+        {"name": "pgbackrest", "ready": True, "state": {"running": {}}},
+        {"name": "postgres", "ready": False, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+         "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": message}}}]}}
+    assert container_failure(pod) == ("postgres: 2026-12-02T23:05:31Z shopdb[shop-1]: FATAL: this image has no "
+                                      "pgbackrest, but the cluster backs up")
+    healthy = {"status": {"containerStatuses": [{"name": "postgres", "ready": True, "state": {"running": {}},
+                                                 "lastState": {"terminated": {"exitCode": 1, "message": "old"}}}]}}
+    assert container_failure(healthy) is None and container_failure(None) is None

@@ -136,6 +136,10 @@ def keep_in_sync(name, namespace, uid, logger, **_) -> None:
         }, conditions)
     for type_, reason, message in backed_up.events:
         kopf.event(current, type=type_, reason=reason, message=message)
+    before = {i.get("name"): i.get("error") for i in status.get("instances") or []}
+    for instance in observed["instances"]:
+        if instance.get("error") and instance["error"] != before.get(instance["name"]):
+            kopf.event(current, type="Warning", reason="InstanceFailing", message=f"{instance['name']}: {instance['error']}")
 
 
 from . import failover  # noqa: E402,F401  (registers the failover daemon)

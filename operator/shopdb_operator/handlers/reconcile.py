@@ -223,7 +223,25 @@ def observe_instances(kube: Kube, ctx: ClusterContext, health: dict | None) -> l
         })
         if measured.get(instance.name, {}).get("lagBytes") is not None:
             observed[-1]["lagBytes"] = measured[instance.name]["lagBytes"]
+        failure = None if ready else container_failure(pod)
+        if failure:
+            observed[-1]["error"] = failure
     return observed
+
+
+def container_failure(pod: dict | None) -> str | None:
+    """Why a database pod's container keeps failing, in one line: the last line its last run
+    wrote (terminationMessagePolicy FallbackToLogsOnError), e.g. an image without pgBackRest
+    or a restore whose target lies beyond the archived WAL."""
+    for state in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
+        terminated = (state.get("lastState") or {}).get("terminated") or (state.get("state") or {}).get("terminated")
+        if state.get("ready") or not terminated or terminated.get("exitCode") == 0:
+            continue
+        lines = [line.strip() for line in (terminated.get("message") or "").splitlines() if line.strip()]
+        fatal = [line for line in lines if "FATAL" in line]
+        text = (fatal or lines or [terminated.get("reason") or "exited"])[-1]
+        return f"{state['name']}: {text}"[:300]
+    return None
 
 
 def observed_status(kube: Kube, ctx: ClusterContext, health: dict | None) -> dict:
