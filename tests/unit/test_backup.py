@@ -296,7 +296,9 @@ def test_recovery_source_ca_is_mounted_where_recovery_conf_reads_it():
 
 
 @pytest.mark.parametrize("target, options", [
-    ({"time": "2026-05-01T10:00:00Z"}, ["--type=time", "--target=2026-05-01T10:00:00Z", "--target-action=promote"]),
+    # pgBackRest takes "YYYY-MM-DD HH:MM:SS[.mmm]+00" only
+    ({"time": "2026-05-01T12:00:00.123456+02:00"},
+     ["--type=time", "--target=2026-05-01 10:00:00.123+00", "--target-action=promote"]),
     ({"lsn": "0/5000138"}, ["--type=lsn", "--target=0/5000138", "--target-action=promote"]),
     ({"backupSet": "20261202-224232F"}, ["--set=20261202-224232F", "--type=immediate", "--target-action=promote"]),
     ({}, ["--type=default"]),

@@ -13,6 +13,8 @@ into pgBackRest's environment variables for the one command that needs them.
 
 from __future__ import annotations
 
+import datetime
+
 from ..api.quantity import to_bytes
 from ..api.spec import BackupRepository, BackupSpec, Recovery
 from ..builders.common import ClusterContext
@@ -183,11 +185,19 @@ def recovery_conf(ctx: ClusterContext, recovery: Recovery, pgdata: str) -> str:
     ])
 
 
+def pgbackrest_time(rfc3339: str) -> str:
+    """'2026-05-01T10:00:00.123456Z' -> '2026-05-01 10:00:00.123+00', the form pgBackRest
+    takes. Milliseconds at most: truncated, so the target never moves past the given moment."""
+    moment = datetime.datetime.fromisoformat(rfc3339.replace(" ", "T")).astimezone(datetime.timezone.utc)
+    millis = f".{moment.microsecond // 1000:03d}" if moment.microsecond else ""
+    return moment.strftime("%Y-%m-%d %H:%M:%S") + millis + "+00"
+
+
 def restore_options(recovery: Recovery) -> list[str]:
     """pgbackrest restore's target options; recovery promotes once it gets there."""
     target = recovery.target
     if target.time:
-        return ["--type=time", f"--target={target.time}", "--target-action=promote"]
+        return ["--type=time", f"--target={pgbackrest_time(target.time)}", "--target-action=promote"]
     if target.lsn:
         return ["--type=lsn", f"--target={target.lsn}", "--target-action=promote"]
     if target.backup_set:

@@ -35,31 +35,36 @@ bash "$HERE/pgbackrest.sh" verify --stanza="$SHOPDB_STANZA" --repo="$repo" --pg1
     --type=immediate --target-action=promote \
     --recovery-option="restore_command=bash $HERE/pgbackrest.sh verify --stanza=$SHOPDB_STANZA --repo=$repo --pg1-path=$pgdata archive-get %f \"%p\"" \
     2>&1 | tee /tmp/restore.out
-((PIPESTATUS[0] == 0)) || finish false "$(grep -E 'ERROR: \[' /tmp/restore.out | tail -1)"
+restored=${PIPESTATUS[0]}
 label=$(sed -n 's/.*restore backup set \([0-9A-Z_-]*\).*/\1/p' /tmp/restore.out | tail -1)
+((restored == 0)) || finish false "$(grep -E 'ERROR: \[' /tmp/restore.out | tail -1)"
 
+# hot_standby off: pg_ctl waits until recovery reached the end of the backup and promoted,
+# and this small server need not match the source's max_connections & co (a standby must)
 log "starting PostgreSQL on the restored backup $label"
 cat > "$scratch/pg_hba.conf" <<'HBA'
 local all all trust
 HBA
 pg_ctl -D "$pgdata" -w -t 3600 -s -l "$scratch/postgres.log" start -o "-c config_file=$pgdata/postgresql.conf \
     -c hba_file=$scratch/pg_hba.conf -c listen_addresses='' -c unix_socket_directories=$socket \
-    -c archive_mode=off -c hot_standby=on -c shared_buffers=64MB -c max_connections=20 \
+    -c port=5432 -c archive_mode=off -c hot_standby=off -c shared_buffers=64MB -c max_connections=20 \
     -c logging_collector=off" || { tail -20 "$scratch/postgres.log"; finish false "PostgreSQL did not start on the restored backup"; }
+state=""
 for _ in $(seq 3600); do
-    state=$(psql -X -At -h "$socket" -U postgres -d postgres -c 'SELECT pg_is_in_recovery()' 2>/dev/null) || {
+    pg_ctl -D "$pgdata" status > /dev/null || {
         tail -20 "$scratch/postgres.log"; finish false "PostgreSQL stopped while replaying the backup's WAL"; }
+    state=$(psql -X -At -h "$socket" -p 5432 -U postgres -d postgres -c 'SELECT pg_is_in_recovery()' 2>/dev/null)
     [[ "$state" == f ]] && break
     sleep 1
 done
 [[ "$state" == f ]] || finish false "recovery did not reach the end of the backup within an hour"
 
 log "checking every table and index (pg_amcheck --heapallindexed)"
-pg_amcheck -h "$socket" -U postgres --all --install-missing --heapallindexed > /tmp/amcheck.out 2>&1
+pg_amcheck -h "$socket" -p 5432 -U postgres --all --install-missing --heapallindexed > /tmp/amcheck.out 2>&1
 amcheck=$?
 tail -20 /tmp/amcheck.out
 ((amcheck == 0)) || finish false "pg_amcheck found problems: $(grep -v '^ *$' /tmp/amcheck.out | head -1)"
-tables=$(psql -X -At -h "$socket" -U postgres -d postgres -c \
+tables=$(psql -X -At -h "$socket" -p 5432 -U postgres -d postgres -c \
     "SELECT count(*) FROM pg_database WHERE datallowconn")
 log "backup $label restored and checked: $tables databases"
 finish true ""
