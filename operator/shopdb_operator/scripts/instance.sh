@@ -41,7 +41,7 @@ prepare_run_dir() {
 # --- a private server: no TCP, trust on a private socket, no synchronous waits ----------
 
 start_private_server() {
-    local datadir="$1"
+    local datadir="$1" extra="${2:-}"
     rm -rf "$BOOTSTRAP_SOCKET_DIR"
     mkdir -m 0700 "$BOOTSTRAP_SOCKET_DIR"
     printf 'local all all trust\n' > "$BOOTSTRAP_SOCKET_DIR/pg_hba.conf"
@@ -51,7 +51,7 @@ start_private_server() {
     pg_ctl -D "$datadir" -w -t 86400 -s start -o "-c config_file=$CONFIG_FILE \
         -c hba_file=$BOOTSTRAP_SOCKET_DIR/pg_hba.conf -c listen_addresses='' \
         -c unix_socket_directories=$BOOTSTRAP_SOCKET_DIR -c port=$SHOPDB_PORT \
-        -c synchronous_standby_names='' -c archive_mode=off"
+        -c synchronous_standby_names='' -c archive_mode=off $extra"
 }
 
 stop_private_server() {
@@ -143,8 +143,12 @@ bootstrap_from_backup() {
     pgbackrest_cmd recovery --stanza="$SHOPDB_RECOVERY_STANZA" --pg1-path="$staging" restore "${options[@]}" \
         --recovery-option="restore_command=bash $SCRIPTS_DIR/pgbackrest.sh recovery --stanza=$SHOPDB_RECOVERY_STANZA --pg1-path=$staging archive-get %f \"%p\"" \
         || die "pgbackrest restore of stanza '$SHOPDB_RECOVERY_STANZA' failed"
-    start_private_server "$staging"
+    # No hot standby while it replays: pg_ctl returns once the target is reached and the
+    # server promoted, and this cluster's settings need not match the source's (a hot
+    # standby refuses fewer max_wal_senders or max_connections than its source had).
     log "replaying WAL to the recovery target"
+    start_private_server "$staging" "-c hot_standby=off" \
+        || die "recovery of stanza '$SHOPDB_RECOVERY_STANZA' stopped before its target (PostgreSQL's reason is above)"
     local state
     while true; do
         state=$(private_psql -U postgres -d postgres -c 'SELECT pg_is_in_recovery()' 2>/dev/null) \
