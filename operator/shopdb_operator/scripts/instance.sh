@@ -143,16 +143,17 @@ bootstrap_from_backup() {
     pgbackrest_cmd recovery --stanza="$SHOPDB_RECOVERY_STANZA" --pg1-path="$staging" restore "${options[@]}" \
         --recovery-option="restore_command=bash $SCRIPTS_DIR/pgbackrest.sh recovery --stanza=$SHOPDB_RECOVERY_STANZA --pg1-path=$staging archive-get %f \"%p\"" \
         || die "pgbackrest restore of stanza '$SHOPDB_RECOVERY_STANZA' failed"
-    # No hot standby while it replays: pg_ctl returns once the target is reached and the
-    # server promoted, and this cluster's settings need not match the source's (a hot
-    # standby refuses fewer max_wal_senders or max_connections than its source had).
+    # No hot standby while it replays: this cluster's settings need not match the source's
+    # (a hot standby refuses fewer max_wal_senders or max_connections than its source had).
     log "replaying WAL to the recovery target"
     start_private_server "$staging" "-c hot_standby=off" \
         || die "recovery of stanza '$SHOPDB_RECOVERY_STANZA' stopped before its target (PostgreSQL's reason is above)"
     local state
     while true; do
-        state=$(private_psql -U postgres -d postgres -c 'SELECT pg_is_in_recovery()' 2>/dev/null) \
+        pg_ctl -D "$staging" status > /dev/null \
             || die "the restored server stopped during recovery (see the log above: a target beyond the archived WAL?)"
+        # (no connections until recovery ends: hot standby is off)
+        state=$(private_psql -U postgres -d postgres -c 'SELECT pg_is_in_recovery()' 2>/dev/null) || state=""
         [[ "$state" == f ]] && break
         sleep 1
     done
