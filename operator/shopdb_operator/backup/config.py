@@ -35,10 +35,6 @@ def stanza(ctx: ClusterContext) -> str:
     return ctx.name
 
 
-def credentials_dir(index: int) -> str:
-    return f"{S3_DIR}/repo{index}"
-
-
 def ca_file(which: str) -> str:
     return f"{S3_DIR}/ca/{which}/ca.crt"
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from ..api.spec import DEFAULT_FIRST_FULL_SCHEDULE, DEFAULT_OTHER_FULL_SCHEDULE, BackupRepository
 from ..builders.common import (POSTGRES_UID, ClusterContext, config_map_volume, container_resources,
-                               container_security_context, empty_dir, labels, metadata, pod_security_context)
+                               container_security_context, empty_dir, labels, metadata, pod_security_context,
+                               scripts_config_map_name)
 from ..builders.cronjobs import bounded_name
 from . import volumes
 from .config import VERIFY_DIR
@@ -95,7 +96,7 @@ def _pgbackrest_job(ctx: ClusterContext, job_type: str, repo_indexes: list[int],
                 "enableServiceLinks": False,
                 "securityContext": pod_security_context(POSTGRES_UID),
                 "containers": [container],
-                "volumes": [*vols, config_map_volume("scripts", ctx.child("scripts"), mode=0o555),
+                "volumes": [*vols, config_map_volume("scripts", scripts_config_map_name(ctx), mode=0o555),
                             empty_dir("tmp"), *extra_volumes],
             },
         },

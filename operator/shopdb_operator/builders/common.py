@@ -46,6 +46,11 @@ class ClusterContext:
         return f"{self.name}-{suffix}"
 
 
+def scripts_config_map_name(ctx: ClusterContext) -> str:
+    """The shell the database pods and the backup Jobs run (scripts/)."""
+    return ctx.child("scripts")
+
+
 def route_label(route: str) -> str:
     return f"{LABEL_ROUTE_PREFIX}{route}"
 

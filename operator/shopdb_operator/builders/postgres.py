@@ -23,7 +23,7 @@ from .common import (
     LABEL_INSTANCE, LABEL_PROMOTABLE, LABEL_ROLE, POSTGRES, POSTGRES_PORT, POSTGRES_UID,
     ClusterContext, config_map_volume, container_resources, container_security_context,
     content_hash, empty_dir, exec_probe, labels, metadata, pod_security_context, route_label,
-    secret_env, selector, soft_anti_affinity, tcp_probe,
+    scripts_config_map_name, secret_env, selector, soft_anti_affinity, tcp_probe,
 )
 from .secrets import (APP_CREDENTIAL, REPLICATION_CREDENTIAL, REPLICATION_USER,
                       SUPERUSER_CREDENTIAL)
@@ -35,10 +35,6 @@ SCRIPTS_MOUNT = "/etc/shopdb/scripts"
 INIT_MOUNT = "/etc/shopdb/init"
 ANNOTATION_CONFIG_HASH = "shopdb.io/config-hash"
 ANALYTICS_READY_MAX_LAG_BYTES = 64 * 1024 ** 3
-
-
-def scripts_config_map_name(ctx: ClusterContext) -> str:
-    return ctx.child("scripts")
 
 
 def instance_config_map_name(instance: Instance) -> str:
