@@ -93,6 +93,8 @@ def backups_table(status: dict) -> str:
     if archiving:
         lines.append(f"WAL archiving: last {archiving.get('lastArchivedWal')} at {archiving.get('lastArchivedAt')}; "
                      f"last failure {archiving.get('lastFailedWal') or '-'} at {archiving.get('lastFailedAt') or '-'}")
+        for failing in archiving.get("failingRepositories") or []:
+            lines.append(f"  failing: {failing.get('repository') or 'every repository'}: {failing.get('error')}")
     return "\n".join(lines) if lines else "no backup recorded yet"
 
 

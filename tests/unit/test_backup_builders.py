@@ -15,7 +15,7 @@ from shopdb_operator import certs
 from shopdb_operator.api.spec import ClusterSpec
 from shopdb_operator.backup import backup_objects, config, config_map, server_dns_names, tls_secret
 from shopdb_operator.backup.jobs import backup_cronjobs, on_demand_job
-from shopdb_operator.backup.status import archiving_state, failure_reason, parse_info, repositories_from_info
+from shopdb_operator.backup.status import archive_push_errors, archiving_state, failure_reason, parse_info, repositories_from_info
 from shopdb_operator.builders import desired_objects
 from shopdb_operator.builders.network import postgres_network_policy
 from shopdb_operator.builders.postgres import PGDATA, instance_config_map, instance_statefulset
@@ -96,8 +96,10 @@ def test_instance_conf_has_every_repository_and_the_tls_server():
     assert (g["repo2-retention-full-type"], g["repo2-retention-full"]) == ("time", "7")
     assert "repo1-storage-ca-file" not in g
     assert g["repo2-storage-ca-file"] == "/etc/shopdb/s3/ca/repo2/ca.crt"
-    # synchronous: postgres is PID 1 and would reap (and crash on) an asynchronous worker
-    assert "archive-async" not in g and "spool-path" not in g
+    # asynchronous, its spool (status files only) on the pod's emptyDir
+    assert (g["archive-async"], g["spool-path"]) == ("y", "/tmp/pgbackrest/spool")
+    # archive-push waits out each repository's connection retries, so the error is the reason
+    assert (g["io-timeout"], g["archive-timeout"]) == ("15", "90")
     assert g["archive-push-queue-max"] == str(4 * 1024 ** 3)
     server = conf["global:server"]
     assert server["tls-server-port"] == "8432"
@@ -241,6 +243,9 @@ def test_statefulset_runs_a_pgbackrest_server_sidecar():
     env = env_of(containers["postgres"])
     assert (env["SHOPDB_BACKUP"], env["SHOPDB_STANZA"]) == ("true", "shop")
     assert "SHOPDB_RECOVERY_STANZA" not in env
+    # the pause process, not PostgreSQL, reaps the asynchronous archive-push worker
+    assert pod["shareProcessNamespace"] is True
+    assert pod_of(make_context({}))["shareProcessNamespace"] is False
 
 
 def test_network_policy_lets_backup_pods_reach_the_pgbackrest_servers():
@@ -403,6 +408,8 @@ def test_archiving_state_from_pg_stat_archiver():
            "last_failed_wal": "000000010000000000000006", "last_failed_time": later, "failed_count": 3}
     ok, reason, _, fields = archiving_state(row, now)
     assert (ok, reason) == (False, "ArchiveFailing")
+    # archiving again: the key is there, None, so a merge patch removes what failed before
+    assert archiving_state({**row, "last_failed_time": None}, now)[3]["failingRepositories"] is None
     assert fields["lastArchivedAgeSeconds"] == 300 and fields["failedCount"] == 3
     ok, reason, _, _ = archiving_state({**row, "last_archived_time": later, "last_failed_time": earlier}, now)
     assert (ok, reason) == (True, "Archiving")
@@ -510,3 +517,73 @@ def test_a_failing_instance_container_is_summed_up_in_one_line():
     healthy = {"status": {"containerStatuses": [{"name": "postgres", "ready": True, "state": {"running": {}},
                                                  "lastState": {"terminated": {"exitCode": 1, "message": "old"}}}]}}
     assert container_failure(healthy) is None and container_failure(None) is None
+
+
+PUSH_FAILED = """\
+ERROR: [103]: unable to find a valid repository:
+       repo1: [ProtocolError] unable to load info file '/shopdb/ns/shop/archive/shop/archive.info' or '/shopdb/ns/shop/archive/shop/archive.info.copy':
+       ProtocolError: HTTP request failed with 403 (Forbidden):
+       *** Path/Query ***:
+       GET /shop-backups/shopdb/ns/shop/archive/shop/archive.info
+       *** Request Headers ***:
+       authorization: <redacted>
+       *** Response Content ***:
+       <?xml version="1.0" encoding="UTF-8"?>
+       <Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match</Message></Error>
+       HINT: has a stanza-create been performed?
+       repo2: [CryptoError] unable to verify certificate presented by 's3-b.svc:443': [20] unable to get local issuer certificate
+"""
+
+
+def test_archiving_failure_names_the_repository_and_why():
+    now = datetime.datetime(2026, 12, 2, 12, 0, tzinfo=datetime.timezone.utc)
+    row = {"last_archived_wal": "000000010000000000000006", "last_archived_time": now - datetime.timedelta(minutes=3),
+           "last_failed_wal": "000000010000000000000007", "last_failed_time": now, "failed_count": 1,
+           "last_error": PUSH_FAILED}
+    ok, _, message, fields = archiving_state(row, now, ["region-a", "region-b"])
+    assert not ok
+    forbidden = ("HTTP request failed with 403 (Forbidden): SignatureDoesNotMatch ([ProtocolError] unable to load "
+                 "info file '/shopdb/ns/shop/archive/shop/archive.info' or '/shopdb/ns/shop/archive/shop/archive.info.copy')")
+    untrusted = ("[CryptoError] unable to verify certificate presented by 's3-b.svc:443': [20] unable to get local "
+                 "issuer certificate")
+    assert fields["failingRepositories"] == [{"repository": "region-a", "error": forbidden},
+                                             {"repository": "region-b", "error": untrusted}]
+    assert message == (f"archiving 000000010000000000000007 failed at 2026-12-02T12:00:00Z: region-a: {forbidden}; "
+                       f"region-b: {untrusted}")
+    assert "redacted" not in message and "Path/Query" not in message
+    # an error that names no repository (a bad configuration, a missing key) is still said
+    general = archive_push_errors("ERROR: [037]: archive-push command requires option: repo1-s3-key", ["a"])
+    assert general == {"*": "archive-push command requires option: repo1-s3-key"}
+    assert archive_push_errors("FATAL: no S3 key pair in /etc/shopdb/s3/repo1", ["a"]) == {
+        "*": "no S3 key pair in /etc/shopdb/s3/repo1"}
+    # the synchronous form, and a repository the spec no longer has
+    assert archive_push_errors("ERROR: [104]: archive-push command encountered error(s):\n"
+                               "       repo3: [FileMissingError] unable to load info file 'x':\n"
+                               "       FileMissingError: unable to open missing file 'x' for read", ["a"]) == {
+        "repo3": "unable to open missing file 'x' for read ([FileMissingError] unable to load info file 'x')"}
+    # nothing left behind (the file was gone or unreadable): the counters alone
+    ok, _, message, fields = archiving_state({**row, "last_error": None}, now, ["region-a", "region-b"])
+    assert fields["failingRepositories"] is None and message.endswith("failed at 2026-12-02T12:00:00Z")
+    assert len(archive_push_errors("       repo1: " + "y" * 1000, ["a"])["a"]) == 300
+
+
+def test_backups_table_lists_repositories_and_why_archiving_fails():
+    from shopdb_operator.cli import backups_table
+
+    status = {"backup": {
+        "repositories": {"region-a": {"firstRecoverabilityPoint": "2026-12-01T02:05:00Z",
+                                      "walRange": ["000000010000000000000003", "000000020000000000000009"],
+                                      "backups": [{"label": "20261201-020000F", "type": "full",
+                                                   "finishedAt": "2026-12-01T02:05:00Z", "durationSeconds": 300,
+                                                   "sizeBytes": 2048, "repositorySizeBytes": 1024}]}},
+        "archiving": {"lastArchivedWal": "000000020000000000000009", "lastArchivedAt": "2026-12-02T11:57:00Z",
+                      "lastFailedWal": "00000002000000000000000A", "lastFailedAt": "2026-12-02T12:00:00Z",
+                      "failingRepositories": [{"repository": "region-b",
+                                               "error": "[039]: HTTP request failed with 404 (Not Found)"},
+                                              {"error": "no S3 key pair in /etc/shopdb/s3/repo1"}]}}}
+    table = backups_table(status)
+    assert "repository region-a: recoverable from 2026-12-01T02:05:00Z" in table
+    assert "20261201-020000F" in table and "full" in table
+    assert "  failing: region-b: [039]: HTTP request failed with 404 (Not Found)" in table
+    assert "  failing: every repository: no S3 key pair in /etc/shopdb/s3/repo1" in table
+    assert backups_table({}) == "no backup recorded yet"

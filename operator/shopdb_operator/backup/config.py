@@ -24,6 +24,9 @@ CONFIG_DIR = "/etc/shopdb/pgbackrest"
 TLS_DIR = "/etc/shopdb/pgbackrest-tls"
 S3_DIR = "/etc/shopdb/s3"  # <S3_DIR>/<repoN or recovery>/{key,secret} and ca/<...>/ca.crt
 LOCK_PATH = "/tmp/pgbackrest"
+ARCHIVE_PUSH_ERROR = f"{LOCK_PATH}/archive-push.error"  # written by scripts/pgbackrest.sh
+SPOOL_PATH = f"{LOCK_PATH}/spool"
+ARCHIVE_IO_TIMEOUT = 15  # seconds; the instances' pgBackRest only (Jobs keep the default 60)
 PG_SOCKET = "/var/run/postgresql"
 INSTANCE_CONF, JOB_CONF, VERIFY_CONF, RECOVERY_CONF = "instance.conf", "job.conf", "verify.conf", "recovery.conf"
 VERIFY_DIR = "/scratch"  # a restore-verification Job's scratch volume
@@ -108,9 +111,21 @@ def instance_conf(ctx: ClusterContext, pgdata: str) -> str:
     return _render([
         ("global", [
             *_repositories(ctx), *_common(backup.process_max),
-            # Synchronous archive-push, never archive-async: postgres is PID 1 of its container,
-            # so it reaps the asynchronous worker pgBackRest forks, and an error exit of that
-            # worker reads to the postmaster as a crashed backend (every session restarts).
+            # Asynchronous archive-push: a worker pushes ready WAL to each repository on its
+            # own, so a failing one does not hold the others back. The worker is orphaned on
+            # purpose; the pod shares one PID namespace (see builders.postgres) so that the
+            # pause process reaps it, not the postmaster (which takes an unknown child's error
+            # exit for a crashed backend). The spool holds only status files: on the pod's
+            # emptyDir, so a restored or rewound instance never trusts a stale ".ok".
+            "archive-async=y",
+            f"spool-path={SPOOL_PATH}",
+            # A repository that cannot be reached (or whose certificate is not trusted) is
+            # retried for io-timeout (a TLS handshake, then the HTTP request: twice at most);
+            # PostgreSQL's archive-push waits archive-timeout for the worker. Waiting out every
+            # repository's retries lets the worker's error, not a bare timeout, reach the
+            # server log and status (the default 60 s for both hid a wrong CA that way).
+            f"io-timeout={ARCHIVE_IO_TIMEOUT}",
+            f"archive-timeout={2 * ARCHIVE_IO_TIMEOUT * len(backup.repositories) + 30}",
             f"archive-push-queue-max={to_bytes(backup.archive_push_queue_max)}",
         ]),
         ("global:server", [

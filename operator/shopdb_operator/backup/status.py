@@ -86,9 +86,67 @@ def repositories_from_info(info: list[dict], backup: BackupSpec) -> dict[str, di
     return result
 
 
-def archiving_state(row: dict | None, now: datetime.datetime) -> tuple[bool, str, str, dict]:
+_REPO_ERROR = re.compile(r"^repo(\d+): (.*)$")
+_ARCHIVE_ERROR = re.compile(r"^(?:ERROR|FATAL): (?:\[\d+\]: )?(.*)$")
+_CAUSE = re.compile(r"^[A-Z][A-Za-z]*Error: (.*?):?$")
+_S3_CODE = re.compile(r"<Code>([^<]{1,64})</Code>")
+
+
+def archive_push_errors(text: str | None, repository_names: list[str]) -> dict[str, str]:
+    """What pgBackRest's archive-push printed on its last failure, per repository name
+    ("*" when it names none: a configuration or local error), the cause first. Its form, 2.45:
+
+        ERROR: [103]: unable to find a valid repository:
+               repo2: [ProtocolError] unable to load info file '.../archive.info' or ...:
+               ProtocolError: HTTP request failed with 403 (Forbidden):
+               *** Path/Query ***: ... *** Response Content ***: ... <Code>SignatureDoesNotMatch</Code> ...
+    """
+    blocks: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    general = None
+    for line in (text or "").splitlines():
+        line = line.strip()
+        repo = _REPO_ERROR.match(line)
+        if repo:
+            index = int(repo.group(1))
+            name = repository_names[index - 1] if 0 < index <= len(repository_names) else f"repo{index}"
+            current = blocks.setdefault(name, [repo.group(2)])
+            continue
+        error = _ARCHIVE_ERROR.match(line)
+        if error:
+            current = None
+            if not error.group(1).startswith(("archive-push command encountered error",
+                                              "unable to find a valid repository")):
+                general = _trim(error.group(1))
+        elif current is not None:
+            current.append(line)
+    errors = {name: _summary(lines) for name, lines in blocks.items()}
+    if general and not errors:
+        errors["*"] = general
+    return errors
+
+
+def _summary(lines: list[str]) -> str:
+    """A repository's error block in one line: the cause (pgBackRest's first nested error and
+    the S3 error code), then what failed; never the request's headers."""
+    cause = next((m.group(1) for m in map(_CAUSE.match, lines[1:]) if m), None)
+    code = next((m.group(1) for m in map(_S3_CODE.search, lines[1:]) if m), None)
+    head = lines[0].rstrip(":")
+    if cause is None:
+        return _trim(head)
+    return _trim(f"{cause}{': ' + code if code else ''} ({head})")
+
+
+def _trim(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def archiving_state(row: dict | None, now: datetime.datetime,
+                    repository_names: list[str] | None = None) -> tuple[bool, str, str, dict]:
     """(ok, reason, message, status fields) from the primary's pg_stat_archiver row:
-    archiving is failing when its last failure is newer than its last success."""
+    archiving is failing when its last failure is newer than its last success; the reason
+    per repository comes from what the archive command left behind (`last_error`)."""
     if row is None:
         return False, "Unknown", "the primary could not be asked (pg_stat_archiver)", {}
     archived_at, failed_at = row.get("last_archived_time"), row.get("last_failed_time")
@@ -99,9 +157,17 @@ def archiving_state(row: dict | None, now: datetime.datetime) -> tuple[bool, str
         "lastFailedWal": row.get("last_failed_wal"),
         "lastFailedAt": _stamp(failed_at),
         "failedCount": row.get("failed_count"),
+        # a list (and None when nothing fails): a merge patch of status replaces it whole
+        "failingRepositories": None,
     }
     if failed_at and (archived_at is None or failed_at > archived_at):
-        return False, "ArchiveFailing", f"archiving {row.get('last_failed_wal')} failed at {_stamp(failed_at)}", fields
+        errors = archive_push_errors(row.get("last_error"), repository_names or [])
+        fields["failingRepositories"] = [{"repository": name, "error": why} if name != "*" else {"error": why}
+                                         for name, why in errors.items()] or None
+        message = f"archiving {row.get('last_failed_wal')} failed at {_stamp(failed_at)}"
+        if errors:
+            message += ": " + "; ".join(f"{name}: {why}" if name != "*" else why for name, why in errors.items())
+        return False, "ArchiveFailing", message, fields
     if archived_at is None:
         return True, "NothingArchivedYet", "no WAL segment was complete yet", fields
     return True, "Archiving", f"{row.get('last_archived_wal')} archived at {_stamp(archived_at)}", fields

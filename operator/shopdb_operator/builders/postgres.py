@@ -270,6 +270,9 @@ def instance_statefulset(ctx: ClusterContext, instance: Instance) -> dict:
                     "terminationGracePeriodSeconds": 60,
                     "securityContext": pod_security_context(POSTGRES_UID),
                     "affinity": soft_anti_affinity(selector(ctx, POSTGRES)),
+                    # with backups, the pause process is PID 1 and reaps pgBackRest's detached
+                    # archive-push worker (backup.config); PostgreSQL must not be its parent
+                    "shareProcessNamespace": ctx.spec.backup is not None,
                     "containers": containers,
                     "volumes": volumes,
                 },

@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass, field
 
 from .. import GROUP, KIND, VERSION
+from ..backup import config as backup_config
 from ..backup import jobs as backup_jobs
 from ..backup import status as backup_status
 from ..builders.common import COMPONENT, LABEL_CLUSTER, ClusterContext
@@ -177,10 +178,11 @@ def _archiving(kube: Kube, ctx: ClusterContext, conditions: list[dict], out: Obs
             host, port = address
             with postgres.connect(host=host, port=port, user="postgres", password=password,
                                   dbname="postgres", connect_timeout=3, statement_timeout_ms=3000) as conn:
-                row = postgres.archiver(conn)
+                row = postgres.archiver(conn, backup_config.ARCHIVE_PUSH_ERROR)
         except postgres.Error as err:
             log.info("pg_stat_archiver of %s: %s", ctx.topology.primary, type(err).__name__)
-    ok, reason, message, fields = backup_status.archiving_state(row, _now())
+    names = [repo.name for repo in ctx.spec.backup.repositories]
+    ok, reason, message, fields = backup_status.archiving_state(row, _now(), names)
     out.status["archiving"] = fields if row is not None else None
     if row is None:
         return  # unknown: the failover monitor reports an unreachable primary

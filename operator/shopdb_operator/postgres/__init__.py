@@ -194,10 +194,14 @@ def pgbouncer_command(conn: psycopg.Connection, command: str, database: str) -> 
 
 
 
-def archiver(conn: psycopg.Connection) -> dict:
-    """The archiver's counters (pg_stat_archiver): last archived and last failed WAL and when."""
+def archiver(conn: psycopg.Connection, error_file: str | None = None) -> dict:
+    """The archiver's counters (pg_stat_archiver): last archived and last failed WAL and when;
+    with `error_file`, also what the archive command left there on its last failure (or None)."""
     with conn.cursor() as cur:
         cur.execute("SELECT archived_count, last_archived_wal, last_archived_time, failed_count, "
-                    "last_failed_wal, last_failed_time FROM pg_stat_archiver")
+                    "last_failed_wal, last_failed_time, "
+                    "CASE WHEN %(file)s::text IS NULL THEN NULL "
+                    "ELSE pg_read_file(%(file)s::text, 0, 262144, true) END AS last_error "
+                    "FROM pg_stat_archiver", {"file": error_file})
         names = [c.name for c in cur.description]
         return dict(zip(names, cur.fetchone()))

@@ -36,4 +36,20 @@ case "$role" in
         echo "FATAL: unknown role '$role'" >&2; exit 2 ;;
 esac
 mkdir -p /tmp/pgbackrest
-exec pgbackrest --config="$SHOPDB_PGBACKREST_DIR/$role.conf" "$@"
+config="$SHOPDB_PGBACKREST_DIR/$role.conf"
+if [[ "$role" != instance || " $* " != *" archive-push "* ]]; then
+    exec pgbackrest --config="$config" "$@"
+fi
+# PostgreSQL's archive_command: pgBackRest's errors stay in the server log and the last
+# failure's are also kept in a file the operator reads over SQL (pg_read_file), so status
+# says why archiving fails and to which repository. A success removes it.
+error_file=/tmp/pgbackrest/archive-push.error
+rc=0
+pgbackrest --config="$config" "$@" 2> "$error_file.new" || rc=$?
+cat "$error_file.new" >&2
+if (( rc == 0 )); then
+    rm -f "$error_file" "$error_file.new"
+else
+    mv -f "$error_file.new" "$error_file"
+fi
+exit "$rc"
