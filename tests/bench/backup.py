@@ -1,13 +1,16 @@
 """Backup benchmark on the local cluster: pgBackRest to a real S3 server (versitygw, TLS),
 with a database of --size-gb (2 by default):
 
-- backup:  full backup duration and throughput (MB/s of database) for each --process-max
-- RPO:     a client commits a timestamped row every 50 ms; the cluster and its volumes are
-           deleted (reclaimPolicy Delete) while it writes; a recovery cluster at the latest
-           point holds rows up to some moment: the seconds of commits lost
-- restore: pgBackRest restore and WAL replay of the recovery cluster's first primary
-- RTO:     from `kubectl apply` of the recovery cluster to Ready (phase Ready, every
-           instance ready: its replica is cloned from the restored primary)
+- backup:  full backup duration and throughput (MB/s of database) for each --process-max,
+           with the pgBackRest sidecar and the backup Job at 500m CPU each
+- RPO:     a client commits a timestamped row every 50 ms; the primary's processes are
+           frozen (--loss frozen, a node lost) and the cluster and its volumes are deleted
+           (reclaimPolicy Delete) while it writes; a recovery cluster at the latest point holds
+           rows up to some moment: the seconds of commits lost
+- restore: pgBackRest restore and WAL replay of the recovery cluster's first primary, for
+           each --process-max (the recovery cluster is made again for each)
+- RTO:     from `kubectl apply` of the recovery cluster to Ready (restore, replay, promotion,
+           the primary serving; no replica, as above)
 
 Numbers, not a test: it asserts nothing. Usage (as root, for the local cluster):
 
@@ -22,17 +25,15 @@ import datetime
 import re
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "e2e"))
 
-import psycopg  # noqa: E402
 import yaml  # noqa: E402
 
-from backups import S3Servers, backup_of, repository  # noqa: E402
+from backups import Committer, S3Servers, backup_of, execute, repository  # noqa: E402
 from conftest import LOCALKUBE, Images, Kubectl  # noqa: E402
 from failover import ensure_cluster  # noqa: E402  (tests/bench/failover.py)
 from load import ClusterView, query  # noqa: E402
@@ -40,20 +41,25 @@ from support import example_cluster, install_operator, wait_for  # noqa: E402
 
 S3_NAMESPACE, SOURCE, RESTORE = "bench-s3", "bench-backup", "bench-restore"
 ROW_BYTES = 250  # what one generated row takes on disk, roughly
+BACKUP_CPU = "500m"
 
 
 def sized(cluster: dict, process_max: int, storage: str) -> dict:
     spec = cluster["spec"]
-    spec["replicas"] = [{"name": "search", "poolSize": 10}]
-    spec["postgres"]["resources"] = {"primary": {"cpu": "1", "memory": "2Gi"},
-                                     "replica": {"cpu": "250m", "memory": "1Gi"}}
+    # Two cores hold the primary, its pgBackRest sidecar and the backup Job (both with
+    # spec.backup.resources, Guaranteed), the operator and the S3 server: no replica, so the
+    # backup runs off the primary (the fallback when no standby streams).
+    spec["replicas"] = []
+    spec["failover"] = {"enabled": False}
+    spec["postgres"]["resources"] = {"primary": {"cpu": "700m", "memory": "2Gi"},
+                                     "replica": {"cpu": "100m", "memory": "256Mi"}}
     spec["postgres"]["storage"] = {"size": storage}
     spec["postgres"].pop("initSQL", None)
     spec["pgbouncer"].update({"instances": 1, "resources": {"cpu": "50m", "memory": "64Mi"}})
     spec["redis"]["enabled"] = False
     spec["maintenance"] = {"partitionedTables": [], "materializedViews": []}
     spec["backup"] = {"repositories": [repository("a", S3_NAMESPACE)], "processMax": process_max,
-                      "resources": {"cpu": "1", "memory": "512Mi"}, "verify": {"enabled": False}}
+                      "resources": {"cpu": BACKUP_CPU, "memory": "512Mi"}, "verify": {"enabled": False}}
     return cluster
 
 
@@ -73,12 +79,13 @@ def apply_cluster(kubectl: Kubectl, images: Images, s3: S3Servers, namespace: st
 
 def load(view: ClusterView, size_gb: float) -> float:
     primary = view.primary()
-    view.sql(primary, "CREATE TABLE bench_data (id bigint, pad text)")
+    execute(view, primary, "CREATE TABLE bench_data (id bigint, pad text)")
     rows, batch, started = int(size_gb * 1024 ** 3 / ROW_BYTES), 1_000_000, time.monotonic()
     for first in range(0, rows, batch):
-        view.sql(primary, "INSERT INTO bench_data SELECT i, md5(random()::text) || md5(random()::text) || "
-                          "md5(random()::text) || md5(random()::text) || md5(random()::text) || "
-                          "md5(random()::text) FROM generate_series(%s, %s) i", (first, min(first + batch, rows) - 1))
+        execute(view, primary, "INSERT INTO bench_data SELECT i, md5(random()::text) || md5(random()::text) || "
+                                "md5(random()::text) || md5(random()::text) || md5(random()::text) || "
+                                "md5(random()::text) FROM generate_series(%s, %s) i",
+                (first, min(first + batch, rows) - 1))
     return time.monotonic() - started
 
 
@@ -98,29 +105,6 @@ def backup(kubectl: Kubectl, view: ClusterView, process_max: int) -> dict:
     return backup_of(view, "region-a")["lastSuccessfulBackup"]
 
 
-class Committer(threading.Thread):
-    """A row with its commit time every 50 ms, straight to the primary; remembers the last
-    acknowledged commit time and stops at the first error (the cluster is gone)."""
-
-    def __init__(self, view: ClusterView):
-        super().__init__(daemon=True)
-        self.view, self.last_acked, self.acked, self.done = view, None, 0, threading.Event()
-
-    def run(self) -> None:
-        address = self.view.sql(self.view.primary(), "SELECT inet_server_addr()::text")[0][0]
-        with psycopg.connect(host=address, port=5432, user="postgres", password=self.view.superuser,
-                             dbname="postgres", autocommit=True, connect_timeout=3) as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS rpo_probe (at timestamptz PRIMARY KEY)")
-            while not self.done.is_set():
-                try:
-                    self.last_acked = conn.execute("INSERT INTO rpo_probe VALUES (clock_timestamp()) "
-                                                   "RETURNING at").fetchone()[0]
-                    self.acked += 1
-                except psycopg.Error:
-                    return
-                time.sleep(0.05)
-
-
 def restore_seconds(kubectl: Kubectl, namespace: str) -> tuple[float | None, float | None]:
     """(pgBackRest restore, WAL replay) of the restored primary, from its log's timestamps."""
     text = kubectl("-n", namespace, "logs", "shop-1-0", "-c", "postgres", check=False).stdout
@@ -138,6 +122,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-gb", type=float, default=2.0)
     parser.add_argument("--process-max", default="1,2", help="backups with each of these (comma-separated)")
+    parser.add_argument("--loss", choices=["frozen", "graceful"], default="frozen",
+                        help="frozen: the primary's processes are stopped, then the cluster deleted (a node "
+                             "lost); graceful: deleted while running (PostgreSQL archives its last segment)")
     parser.add_argument("--keep", action="store_true", help="keep the namespaces (and a cluster brought up)")
     args = parser.parse_args()
     process_maxes = [int(p) for p in args.process_max.split(",")]
@@ -149,6 +136,7 @@ def main() -> int:
     try:
         install_operator(kubectl, images)
         s3.start()
+        kubectl("-n", S3_NAMESPACE, "scale", "deployment", "s3-b", "--replicas=0")  # one region is enough here
         apply_cluster(kubectl, images, s3, SOURCE, {"reclaimPolicy": "Delete"}, process_maxes[-1], storage)
         view = ClusterView(kubeconfig, SOURCE)
         wait_for(lambda: backup_of(view, "region-a").get("lastSuccessfulBackup"), 1800, "the first backup", 5)
@@ -165,21 +153,27 @@ def main() -> int:
         committer = Committer(view)
         committer.start()
         time.sleep(90)
+        if args.loss == "frozen":
+            # every process of the primary's pod stops at once (as on a node that dies): the
+            # segment being written never reaches the archive; deletion then kills them
+            kubectl("-n", SOURCE, "exec", f"{view.primary()}-0", "-c", "postgres", "--", "bash", "-c", "kill -STOP -1")
         deleted_at = time.time()
         kubectl("-n", SOURCE, "delete", "sdc", "shop", "--wait=false")
         committer.join(timeout=120)
         committer.done.set()
         recovery = {"bootstrap": {"recovery": {"source": {"clusterName": "shop", "namespace": SOURCE,
                                                           "repository": repository("a", S3_NAMESPACE)}}}}
-        rto = apply_cluster(kubectl, images, s3, RESTORE, recovery, process_maxes[-1], storage)
+        print(f"{'restore process-max':>19} {'pgBackRest s':>12} {'WAL replay s':>12} {'RTO s':>6}", flush=True)
+        for process_max in process_maxes:
+            rto = apply_cluster(kubectl, images, s3, RESTORE, recovery, process_max, storage)
+            restore, replay = restore_seconds(kubectl, RESTORE)
+            print(f"{process_max:>19} {restore:>12} {replay:>12} {rto:>6.0f}", flush=True)
         restored = ClusterView(kubeconfig, RESTORE)
         recovered = restored.sql(restored.primary(), "SELECT max(at) FROM rpo_probe")[0][0]
         lost = (committer.last_acked - recovered).total_seconds()
-        restore, replay = restore_seconds(kubectl, RESTORE)
-        print(f"RPO: {lost:.1f}s of acknowledged commits lost ({committer.acked} acknowledged; the cluster was "
-              f"deleted {deleted_at - committer.last_acked.timestamp():.1f}s after the last one)")
-        print(f"restore (process-max {process_maxes[-1]}): pgBackRest {restore}s, WAL replay {replay}s; "
-              f"RTO (apply to Ready, replica cloned): {rto:.0f}s")
+        print(f"RPO ({args.loss} primary, archive_timeout 60s): {lost:.1f}s of acknowledged commits lost "
+              f"({len(committer.acked)} acknowledged; the cluster was deleted "
+              f"{deleted_at - committer.last_acked.timestamp():.1f}s after the last one)")
     finally:
         if not args.keep:
             for namespace in (SOURCE, RESTORE):

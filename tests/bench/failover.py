@@ -37,6 +37,7 @@ sys.path.insert(0, str(HERE.parent / "e2e"))
 import yaml  # noqa: E402
 
 from conftest import LOCAL_KUBECONFIG, LOCALKUBE, Images, Kubectl  # noqa: E402
+from failovers import KILL_POSTMASTER  # noqa: E402
 from load import ClusterView, fail_over_under_load  # noqa: E402
 from support import apply_schema_config_map, example_cluster, install_operator, wait_for  # noqa: E402
 
@@ -78,7 +79,7 @@ def one_failover(kubectl: Kubectl, view: ClusterView, fault: str, run: int) -> d
         if fault == "pod":
             kubectl("-n", NAMESPACE, "delete", "pod", f"{old}-0", "--wait=false")
         else:
-            kubectl("-n", NAMESPACE, "exec", f"{old}-0", "-c", "postgres", "--", "bash", "-c", "kill -QUIT 1")
+            kubectl("-n", NAMESPACE, "exec", f"{old}-0", "-c", "postgres", "--", "bash", "-c", KILL_POSTMASTER)
 
     r = fail_over_under_load(view, f"bench-{int(time.time())}-{run}", inject, INSTANCES)
     entry, fault_wall = r.entry, r.fault_wall
@@ -95,7 +96,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--fault", choices=["pod", "container"], default="pod",
-                        help="delete the primary's pod, or kill its PostgreSQL (SIGQUIT to PID 1)")
+                        help="delete the primary's pod, or kill its PostgreSQL (SIGQUIT to the postmaster)")
     parser.add_argument("--keep", action="store_true", help="keep the namespace (and a cluster brought up)")
     args = parser.parse_args()
 

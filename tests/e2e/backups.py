@@ -3,6 +3,10 @@ with a CA the test makes, a backed-up cluster, and recovery clusters made from i
 
 from __future__ import annotations
 
+import hashlib
+import threading
+import time
+
 import yaml
 from shopdb_operator import certs
 
@@ -59,7 +63,10 @@ class S3Servers:
             "metadata": {"name": f"s3-{region}", "namespace": self.namespace, "labels": labels},
             "spec": {
                 "replicas": 1, "selector": {"matchLabels": labels}, "strategy": {"type": "Recreate"},
-                "template": {"metadata": {"labels": labels}, "spec": {
+                # a new certificate (a new run against servers left up) rolls the server
+                "template": {"metadata": {"labels": labels, "annotations": {
+                    "shopdb.io/certificate": hashlib.sha256(self.server.cert_pem.encode()).hexdigest()[:16]}},
+                             "spec": {
                     "securityContext": {"runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
                                         "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
                     "automountServiceAccountToken": False,
@@ -140,14 +147,14 @@ def create_cluster(kubectl, images, s3: S3Servers, namespace: str, spec_extra: d
     return ClusterView(kubectl.kubeconfig, namespace)
 
 
-def execute(view: ClusterView, instance: str, statement: str) -> None:
+def execute(view: ClusterView, instance: str, statement: str, params=()) -> None:
     """A statement that returns no rows (DDL, INSERT), as the superuser, on one instance."""
     import psycopg
 
     address = instance_addresses(view.kubeconfig, view.namespace, view.name)[instance]
     with psycopg.connect(host=address, port=POSTGRES_PORT, user="postgres", password=view.superuser,
                          dbname="postgres", connect_timeout=5, autocommit=True) as conn:
-        conn.execute(statement)
+        conn.execute(statement, params)
 
 
 def backup_of(view: ClusterView, repository_name: str) -> dict:
@@ -170,3 +177,31 @@ def wait_archived(view: ClusterView, timeout: float = 120) -> str:
 def db_time(view: ClusterView) -> str:
     return view.sql(view.primary(), "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', "
                                      "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")[0][0]
+
+
+class Committer(threading.Thread):
+    """A row stamped with its commit time every 50 ms, straight to the primary, until stopped or
+    the first error (the cluster is gone); keeps every acknowledged stamp."""
+
+    def __init__(self, view: ClusterView, table: str = "rpo_probe"):
+        super().__init__(daemon=True)
+        self.view, self.table, self.acked, self.done = view, table, [], threading.Event()
+
+    def run(self) -> None:
+        import psycopg
+
+        address = instance_addresses(self.view.kubeconfig, self.view.namespace, self.view.name)[self.view.primary()]
+        with psycopg.connect(host=address, port=POSTGRES_PORT, user="postgres", password=self.view.superuser,
+                             dbname="postgres", autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {self.table} (at timestamptz PRIMARY KEY)")
+            while not self.done.is_set():
+                try:
+                    self.acked.append(conn.execute(f"INSERT INTO {self.table} VALUES (clock_timestamp()) "
+                                                   "RETURNING at").fetchone()[0])
+                except psycopg.Error:
+                    return
+                time.sleep(0.05)
+
+    @property
+    def last_acked(self):
+        return self.acked[-1] if self.acked else None

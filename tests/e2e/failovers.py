@@ -153,10 +153,15 @@ def delete_pod(kubectl, namespace: str) -> Callable[[str], None]:
     return lambda instance: kubectl("-n", namespace, "delete", "pod", f"{instance}-0", "--wait=false")
 
 
+# The postmaster's PID is the first line of postmaster.pid: PID 1 of its container, or not
+# when the pod shares one PID namespace (clusters with backups).
+KILL_POSTMASTER = "kill -QUIT $(head -1 /var/lib/postgresql/data/pgdata/postmaster.pid)"
+
+
 def kill_postgres(kubectl, namespace: str) -> Callable[[str], None]:
-    """SIGQUIT to the postmaster (PID 1): immediate shutdown, the container exits."""
+    """SIGQUIT to the postmaster: immediate shutdown, the container exits."""
     return lambda instance: kubectl("-n", namespace, "exec", f"{instance}-0", "-c", "postgres", "--",
-                                    "bash", "-c", "kill -QUIT 1")
+                                    "bash", "-c", KILL_POSTMASTER)
 
 
 

@@ -6,6 +6,7 @@ One backed-up cluster serves the module (shared, as CI time asks)."""
 
 from __future__ import annotations
 
+import datetime
 import threading
 import time
 import uuid
@@ -13,8 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from shopdb_operator import certs
 
-from backups import (S3Servers, backup_of, condition, create_cluster, db_time, execute, repository, wait_archived)
+from backups import (Committer, S3Servers, backup_of, condition, create_cluster, db_time, execute, repository,
+                     wait_archived)
 from support import is_local_cluster, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -23,6 +26,8 @@ SOURCE_REPLICAS = [{"name": "search", "poolSize": 10},
                    {"name": "analytics", "poolSize": 5, "promotable": False, "analytics": True}]
 RECOVERY_REPLICAS = [{"name": "search", "poolSize": 10}]
 BACKUP_RESOURCES = {"cpu": "100m", "memory": "128Mi"}
+ARCHIVE_TIMEOUT = 30
+ARCHIVE_SLACK = 10  # seconds for archive-push of the switched segment to two repositories
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +45,7 @@ def s3(kubectl, images, operator):
 def source(kubectl, images, s3):
     namespace = f"e2e-backup-{uuid.uuid4().hex[:6]}"
     backup = {"repositories": [repository("a"), repository("b")], "resources": BACKUP_RESOURCES,
-              "archiveTimeoutSeconds": 30}
+              "archiveTimeoutSeconds": ARCHIVE_TIMEOUT}
     view = create_cluster(kubectl, images, s3, namespace, {"backup": backup}, SOURCE_REPLICAS)
     wait_for(lambda: all(backup_of(view, f"region-{r}").get("lastSuccessfulBackup") for r in "ab"), 300,
              "the first full backup in both repositories", interval=3)
@@ -138,12 +143,12 @@ def wait_new_backup_job(view, previous: str | None) -> dict:
 
 
 def test_a_lost_repository_stops_archiving_there_only_and_the_other_region_restores(kubectl, images, s3, source):
-    """After a failover between two backups, region A's bucket is wiped (its server's volume is
-    lost): archiving reports the failure
-    (condition, Event) while the database keeps serving; region B holds what was archived;
-    a cluster in another namespace is made from region B alone, at the latest point (across
-    the failover's new timeline); a new backup to region A heals it, and the WAL held back
-    meanwhile reaches both."""
+    """After a failover between two backups (pgBackRest's check passes on the new primary),
+    region A's bucket is wiped (its server's volume is lost): archiving reports the failure
+    (condition with the reason, Event) while the database keeps serving; region B stays
+    current; a cluster in another namespace is made from region B alone, at the latest point
+    (across the failover's new timeline), with every row; a new backup to region A heals it,
+    and the WAL held back meanwhile reaches both."""
     # first a failover between two backups: the new primary archives on its new timeline
     old = source.primary()
     execute(source, old, "CREATE TABLE region_probe (id int PRIMARY KEY)")
@@ -153,6 +158,10 @@ def test_a_lost_repository_stops_archiving_there_only_and_the_other_region_resto
     wait_for(lambda: source.sql(primary, "SELECT NOT pg_is_in_recovery()")[0][0], 60, "the new primary", interval=1)
     execute(source, primary, "INSERT INTO region_probe SELECT generate_series(501, 1000)")
     wait_archived(source)
+    # pgBackRest's own check on the new primary: its WAL reaches both repositories
+    checked = kubectl("-n", source.namespace, "exec", f"{primary}-0", "-c", "postgres", "--", "bash",
+                      "/etc/shopdb/scripts/pgbackrest.sh", "instance", "--stanza=shop", "check", timeout=180)
+    assert "check command end: completed successfully" in checked.stdout, checked.stdout
     kubectl("-n", "shopdb-e2e-s3", "delete", "pod", "-l", "app=s3-a", "--wait=true", timeout=120)
     kubectl("-n", "shopdb-e2e-s3", "rollout", "status", "deployment/s3-a", "--timeout=120s", timeout=150)
     execute(source, primary, "INSERT INTO region_probe SELECT generate_series(1001, 1500)")
@@ -160,12 +169,12 @@ def test_a_lost_repository_stops_archiving_there_only_and_the_other_region_resto
     wait_for(lambda: condition(source, "ContinuousArchiving").get("status") == "False", 120,
              "ContinuousArchiving to turn False", interval=2)
     assert "ArchivingFailed" in events(kubectl, source.namespace)
-    # the database keeps serving writes
+    # the database keeps serving writes, and region B stays current (asynchronous archive-push)
     execute(source, primary, "INSERT INTO region_probe SELECT generate_series(1501, 2000)")
-    # With synchronous archive-push, region B gets at most one segment ahead of the failing
-    # region A (pgBackRest's documented limit without archive-async): the rows archived
-    # before the loss are the promise.
-    archived_before_the_loss = 1000
+    last = source.sql(primary, "SELECT pg_walfile_name(pg_switch_wal())")[0][0]
+    wait_for(lambda: in_bucket(kubectl, "b", f"shopdb/{source.namespace}/shop/archive/shop/*/{last[:16]}/{last}-*"),
+             120, f"{last} in region B while region A fails", interval=2)
+    assert not in_bucket(kubectl, "a", f"shopdb/{source.namespace}/shop/archive/shop/*/{last[:16]}/{last}-*")
 
     namespace = f"e2e-region-{uuid.uuid4().hex[:6]}"
     recovery = {"recovery": {"source": {"clusterName": "shop", "namespace": source.namespace,
@@ -175,8 +184,7 @@ def test_a_lost_repository_stops_archiving_there_only_and_the_other_region_resto
         restored = create_cluster(kubectl, images, s3, namespace, {"bootstrap": recovery}, RECOVERY_REPLICAS)
         print(f"\nregion B recovery Ready {time.monotonic() - started:.0f}s after apply")
         recovered = restored.sql(restored.primary(), "SELECT count(*) FROM region_probe")[0][0]
-        print(f"region B alone: {recovered} of 2000 rows ({archived_before_the_loss} archived before region A was lost)")
-        assert recovered >= archived_before_the_loss
+        assert recovered == 2000
     finally:
         delete_namespace(kubectl, namespace)
 
@@ -233,12 +241,22 @@ def test_restore_verification_passes_then_reports_a_damaged_backup(kubectl, sour
     assert "RestoreVerificationFailed" in events(kubectl, source.namespace)
 
 
-def damage_a_backup_file(kubectl, view, region: str, label: str) -> str:
-    """Flip bytes in the middle of the largest file of a backup set, on the S3 server's volume
-    (the test host is the local cluster's node, so the volume is a directory here)."""
-    pod = kubectl.json("-n", "shopdb-e2e-s3", "get", "pods", "-l", f"app=s3-{region}")["items"][0]
+def bucket_dir(kubectl, region: str) -> Path:
+    """The bucket of a region's S3 server, on its volume: the test host is the local
+    cluster's node, so the volume is a directory here."""
+    pod = next(p for p in kubectl.json("-n", "shopdb-e2e-s3", "get", "pods", "-l", f"app=s3-{region}")["items"]
+               if not p["metadata"].get("deletionTimestamp"))
     root = Path(f"/var/lib/shopdb-localkube/kubelet/pods/{pod['metadata']['uid']}/volumes/kubernetes.io~empty-dir/data")
-    backup_dir = next(root.glob(f"shop-backups/shopdb/{view.namespace}/shop/backup/shop/{label}"))
+    return root / "shop-backups"
+
+
+def in_bucket(kubectl, region: str, pattern: str) -> list[Path]:
+    return list(bucket_dir(kubectl, region).glob(pattern))
+
+
+def damage_a_backup_file(kubectl, view, region: str, label: str) -> str:
+    """Flip bytes in the middle of the largest file of a backup set, on the S3 server's volume."""
+    backup_dir = next(bucket_dir(kubectl, region).glob(f"shopdb/{view.namespace}/shop/backup/shop/{label}"))
     victim = max((p for p in backup_dir.rglob("*") if p.is_file() and "pg_data" in p.parts),
                  key=lambda p: p.stat().st_size)
     data = bytearray(victim.read_bytes())
@@ -246,6 +264,60 @@ def damage_a_backup_file(kubectl, view, region: str, label: str) -> str:
     data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
     victim.write_bytes(bytes(data))
     return str(victim.relative_to(backup_dir))
+
+
+def test_bad_repository_settings_fail_archiving_with_the_reason_and_lose_nothing(kubectl, s3, source):
+    """A missing bucket, a wrong secret key, a CA that did not sign the S3 server: each turns
+    ContinuousArchiving False with pgBackRest's reason per repository and a Warning Event; the
+    database keeps taking writes; once the setting is right again, the WAL held back meanwhile
+    is archived (pg_stat_archiver passes the segments written during the fault)."""
+    namespace, primary = source.namespace, source.primary()
+    execute(source, primary, "CREATE TABLE settings_probe (id serial PRIMARY KEY, fault text)")
+    other_ca = certs.new_ca("a CA the S3 server never heard of").cert_pem
+
+    def bucket(name: str):
+        return lambda: kubectl("-n", namespace, "patch", "sdc", "shop", "--type=json", "-p",
+                               f'[{{"op": "replace", "path": "/spec/backup/repositories/1/s3/bucket", '
+                               f'"value": "{name}"}}]')
+
+    faults = [
+        ("a missing bucket", bucket("no-such-bucket"), bucket("shop-backups"), {"region-b"}),
+        ("a wrong secret key", lambda: s3.client_secrets(namespace, secret_key="not-the-key"),
+         lambda: s3.client_secrets(namespace), {"region-a", "region-b"}),
+        ("a CA that did not sign the server", lambda: s3.client_secrets(namespace, ca_pem=other_ca),
+         lambda: s3.client_secrets(namespace), {"region-a", "region-b"}),
+    ]
+    for fault, break_it, heal, failing in faults:
+        break_it()
+
+        def failing_with_reasons():
+            # each write and switch wakes the archiver (it rests a minute after three failures)
+            execute(source, primary, f"INSERT INTO settings_probe (fault) VALUES ('{fault}')")
+            source.sql(primary, "SELECT pg_switch_wal()")
+            archiving = (source.status().get("backup") or {}).get("archiving") or {}
+            held = {f.get("repository"): f["error"] for f in archiving.get("failingRepositories") or []}
+            return condition(source, "ContinuousArchiving").get("status") == "False" and set(held) == failing and held
+
+        reasons = wait_for(failing_with_reasons, 240, f"archiving to fail with its reason ({fault})", interval=3)
+        print(f"\n{fault}: {reasons}")
+        message = condition(source, "ContinuousArchiving")["message"]
+        assert all(f"{name}: " in message for name in failing), message
+        written_during_the_fault = source.sql(primary, "SELECT count(*) FROM settings_probe WHERE fault = %s",
+                                              (fault,))[0][0]
+        assert written_during_the_fault > 0  # the database kept serving
+        stuck = source.sql(primary, "SELECT last_failed_wal FROM pg_stat_archiver")[0][0]
+        heal()
+
+        def archived_past_the_fault():
+            # PostgreSQL archives in order: past the segment that failed, nothing was skipped
+            execute(source, primary, f"INSERT INTO settings_probe (fault) VALUES ('healed: {fault}')")
+            source.sql(primary, "SELECT pg_switch_wal()")
+            return (source.sql(primary, "SELECT last_archived_wal FROM pg_stat_archiver")[0][0] or "") > stuck
+
+        wait_for(archived_past_the_fault, 240, f"{stuck} and what followed to be archived ({fault})", interval=3)
+        wait_for(lambda: condition(source, "ContinuousArchiving").get("status") == "True", 120,
+                 f"ContinuousArchiving to recover ({fault})", interval=2)
+    assert "ArchivingFailed" in events(kubectl, namespace)
 
 
 def test_an_image_without_pgbackrest_fails_with_one_clear_line(kubectl, images, s3, source):
@@ -279,3 +351,45 @@ def test_an_image_without_pgbackrest_fails_with_one_clear_line(kubectl, images, 
         assert "InstanceFailing" in events(kubectl, namespace)
     finally:
         delete_namespace(kubectl, namespace)
+
+
+def test_the_source_deleted_while_writing_comes_back_to_its_last_archived_seconds(kubectl, images, s3, source):
+    """The source cluster and its volumes are deleted (reclaimPolicy Delete) while a client
+    commits a row every 50 ms. A recovery cluster at the latest point holds every row
+    committed more than archive_timeout before the deletion (the segment being written
+    when it died is the loss); the seconds of commits lost are printed. Last in the module:
+    the shared cluster is gone after it."""
+    namespace = source.namespace
+    kubectl("-n", namespace, "patch", "sdc", "shop", "--type=merge", "-p", '{"spec": {"reclaimPolicy": "Delete"}}')
+    wait_for(lambda: {"Delete"} == {s["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"]
+                                    for s in kubectl.json("-n", namespace, "get", "statefulsets",
+                                                          "-l", "app.kubernetes.io/component=postgres")["items"]},
+             60, "the instances' volumes to follow reclaimPolicy Delete")
+    committer = Committer(source)
+    committer.start()
+    time.sleep(ARCHIVE_TIMEOUT + 20)
+    deleted_at = datetime.datetime.now(datetime.timezone.utc)
+    kubectl("-n", namespace, "delete", "sdc", "shop", "--wait=false")
+    committer.join(timeout=120)
+    committer.done.set()
+    wait_for(lambda: not kubectl.json("-n", namespace, "get", "pvc")["items"], 180, "the source's volumes to go")
+    assert committer.acked, "no commit was acknowledged"
+
+    restore_namespace = f"e2e-latest-{uuid.uuid4().hex[:6]}"
+    recovery = {"recovery": {"source": {"clusterName": "shop", "namespace": namespace,
+                                        "repository": repository("a")}}}
+    try:
+        restored = create_cluster(kubectl, images, s3, restore_namespace,
+                                  {"bootstrap": recovery, "failover": {"enabled": False}}, [])
+        primary = restored.primary()
+        recovered = restored.sql(primary, "SELECT max(at) FROM rpo_probe")[0][0]
+        lost = (committer.last_acked - recovered).total_seconds()
+        print(f"\nsource deleted while writing: {lost:.1f}s of acknowledged commits lost "
+              f"({len(committer.acked)} acknowledged, archive_timeout {ARCHIVE_TIMEOUT}s)")
+        promised = [at for at in committer.acked
+                    if at < deleted_at - datetime.timedelta(seconds=ARCHIVE_TIMEOUT + ARCHIVE_SLACK)]
+        assert promised, "the client committed for less than archive_timeout"
+        held = restored.sql(primary, "SELECT count(*) FROM rpo_probe WHERE at <= %s", (promised[-1],))[0][0]
+        assert held == len(promised), (held, len(promised))
+    finally:
+        delete_namespace(kubectl, restore_namespace)
