@@ -169,6 +169,8 @@ def test_a_lost_repository_stops_archiving_there_only_and_the_other_region_resto
     wait_for(lambda: condition(source, "ContinuousArchiving").get("status") == "False", 120,
              "ContinuousArchiving to turn False", interval=2)
     assert "ArchivingFailed" in events(kubectl, source.namespace)
+    failing = source.status()["backup"]["archiving"]["failingRepositories"]
+    assert [f.get("repository") for f in failing] == ["region-a"], failing
     # the database keeps serving writes, and region B stays current (asynchronous archive-push)
     execute(source, primary, "INSERT INTO region_probe SELECT generate_series(1501, 2000)")
     last = source.sql(primary, "SELECT pg_walfile_name(pg_switch_wal())")[0][0]
