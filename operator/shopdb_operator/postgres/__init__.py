@@ -194,14 +194,12 @@ def pgbouncer_command(conn: psycopg.Connection, command: str, database: str) -> 
 
 
 
-def archiver(conn: psycopg.Connection, error_file: str | None = None) -> dict:
-    """The archiver's counters (pg_stat_archiver): last archived and last failed WAL and when;
-    with `error_file`, also what the archive command left there on its last failure (or None)."""
+def archiver(conn: psycopg.Connection, error_file: str) -> dict:
+    """The archiver's counters (pg_stat_archiver): last archived and last failed WAL and when,
+    and what the archive command left in `error_file` on its last failure (None: no file)."""
     with conn.cursor() as cur:
         cur.execute("SELECT archived_count, last_archived_wal, last_archived_time, failed_count, "
-                    "last_failed_wal, last_failed_time, "
-                    "CASE WHEN %(file)s::text IS NULL THEN NULL "
-                    "ELSE pg_read_file(%(file)s::text, 0, 262144, true) END AS last_error "
-                    "FROM pg_stat_archiver", {"file": error_file})
+                    "last_failed_wal, last_failed_time, pg_read_file(%s, 0, 262144, true) AS last_error "
+                    "FROM pg_stat_archiver", (error_file,))
         names = [c.name for c in cur.description]
         return dict(zip(names, cur.fetchone()))
