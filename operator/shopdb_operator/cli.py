@@ -1,5 +1,5 @@
 """The `shopdb-operator` command: run the operator, print the CRD, request a switchover or a
-backup, list backups, run maintenance."""
+backup, list backups, run maintenance, run a database pod's instance-agent."""
 
 from __future__ import annotations
 
@@ -116,6 +116,12 @@ def _backups(args: argparse.Namespace) -> int:
     return 0
 
 
+def _instance_agent(args: argparse.Namespace) -> int:
+    from .fencing.agent_main import main as agent_main  # standard library only: starts in a blink
+
+    return agent_main()
+
+
 def _maintain(args: argparse.Namespace) -> int:
     from . import maintenance
 
@@ -158,6 +164,10 @@ def parser() -> argparse.ArgumentParser:
     backups.add_argument("name", help="the ShopDatabaseCluster")
     backups.add_argument("--namespace", "-n", default="default")
     backups.set_defaults(func=_backups)
+
+    agent = sub.add_parser("instance-agent", help="the database pods' sidecar: renews the primary lease and "
+                                                  "fences a primary that lost it (environment from the pod)")
+    agent.set_defaults(func=_instance_agent)
 
     maintain = sub.add_parser("maintain", help="maintenance the CronJobs run (partitions, views)",
                               add_help=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 READY = "Ready"
 RECONCILED = "Reconciled"
 FAILOVER_BLOCKED = "FailoverBlocked"  # True while the recorded failover is refused
+PRIMARY_FENCED = "PrimaryFenced"  # True while the primary lease's holder let it run out
 
 PHASE_CREATING = "Creating"
 PHASE_READY = "Ready"

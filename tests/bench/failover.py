@@ -13,6 +13,7 @@ Numbers, not a test: it asserts nothing. Usage (as root, for the local cluster):
 
     make bench                                   # 5 deleted primary pods
     python tests/bench/failover.py --runs 5 --fault container
+    python tests/bench/failover.py --runs 3 --fault node-cut   # the lease's worst case (local cluster only)
     SHOPDB_KUBECONFIG=... python tests/bench/failover.py   # an existing cluster routed to this host
 
 Brings the local cluster up if it is not (and down again at the end), installs the
@@ -22,7 +23,6 @@ operator from this checkout, and creates a cluster in namespace `bench-failover`
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -37,16 +37,12 @@ sys.path.insert(0, str(HERE.parent / "e2e"))
 import yaml  # noqa: E402
 
 from conftest import LOCAL_KUBECONFIG, LOCALKUBE, Images, Kubectl  # noqa: E402
-from failovers import KILL_POSTMASTER  # noqa: E402
+from failovers import KILL_POSTMASTER, FrozenKubelet, control_plane_cut, wall  # noqa: E402
 from load import ClusterView, fail_over_under_load  # noqa: E402
 from support import apply_schema_config_map, example_cluster, install_operator, wait_for  # noqa: E402
 
 NAMESPACE = "bench-failover"
 INSTANCES = ["shop-1", "shop-2", "shop-3", "shop-analytics"]
-
-
-def wall(status_time: str) -> float:
-    return datetime.datetime.fromisoformat(status_time.replace("Z", "+00:00")).timestamp()
 
 
 def ensure_cluster() -> tuple[str, bool]:
@@ -75,13 +71,41 @@ def create_cluster(kubectl: Kubectl, images: Images) -> ClusterView:
 
 
 def one_failover(kubectl: Kubectl, view: ClusterView, fault: str, run: int) -> dict:
+    history = view.history()
+    before = history[-1]["startedAt"] if history else None
+    kubelet, cuts = (FrozenKubelet() if fault == "node-cut" else None), []
+
     def inject(old: str) -> None:
         if fault == "pod":
             kubectl("-n", NAMESPACE, "delete", "pod", f"{old}-0", "--wait=false")
-        else:
+        elif fault == "container":
             kubectl("-n", NAMESPACE, "exec", f"{old}-0", "-c", "postgres", "--", "bash", "-c", KILL_POSTMASTER)
+        else:  # the node cut off from the control plane: only the primary lease can end its mandate
+            cuts.append(control_plane_cut(kubectl, NAMESPACE, f"{old}-0", from_operator=True))
+            assert kubelet is not None
+            kubelet.freeze()
+            cuts[0].cut()
 
-    r = fail_over_under_load(view, f"bench-{int(time.time())}-{run}", inject, INSTANCES)
+    def heal_after_the_failover() -> None:
+        if fault != "node-cut":
+            return
+        try:
+            wait_for(lambda: (h := view.history()) and h[-1]["startedAt"] != before, 180,
+                     "the failover, the kubelet frozen", interval=0.3)
+        finally:
+            heal()
+
+    def heal() -> None:
+        for cut in cuts:
+            cut.heal()
+        if kubelet is not None:
+            kubelet.thaw()
+
+    try:
+        r = fail_over_under_load(view, f"bench-{int(time.time())}-{run}", inject, INSTANCES,
+                                 after_fault=heal_after_the_failover)
+    finally:
+        heal()
     entry, fault_wall = r.entry, r.fault_wall
     started = wall(entry["startedAt"])
     promoted = wall(entry["startedAt"]) + sum(seconds for step, seconds in entry["stepSeconds"].items()
@@ -95,8 +119,10 @@ def one_failover(kubectl: Kubectl, view: ClusterView, fault: str, run: int) -> d
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--fault", choices=["pod", "container"], default="pod",
-                        help="delete the primary's pod, or kill its PostgreSQL (SIGQUIT to the postmaster)")
+    parser.add_argument("--fault", choices=["pod", "container", "node-cut"], default="pod",
+                        help="delete the primary's pod, kill its PostgreSQL (SIGQUIT to the postmaster), or cut "
+                             "its node off from the control plane (kubelet frozen, API server and operator "
+                             "traffic dropped in its pod)")
     parser.add_argument("--keep", action="store_true", help="keep the namespace (and a cluster brought up)")
     args = parser.parse_args()
 

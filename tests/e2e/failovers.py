@@ -6,6 +6,7 @@ own network cut.
 
 from __future__ import annotations
 
+import datetime
 import subprocess
 import time
 from pathlib import Path
@@ -229,3 +230,95 @@ def in_pod_network(kubectl, namespace: str, pod: str, container: str, *command: 
     pid = container_processes(kubectl, namespace, pod, container)[0]
     proc = subprocess.run(["nsenter", "-t", str(pid), "-n", *command], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, f"{' '.join(command)} in {pod}: {proc.stderr}"
+
+
+# --- a node cut off from the control plane (the primary lease, fencing/) ----------------------
+
+LOCALKUBE_POD_LOGS = Path("/var/lib/shopdb-localkube/log/pods")  # the local cluster's kubelet podLogsDir
+
+
+def api_server_addresses(kubectl) -> list[tuple[str, int]]:
+    """Where a pod reaches the API server: the `kubernetes` Service and its endpoints."""
+    service = kubectl.json("-n", "default", "get", "service", "kubernetes")["spec"]
+    addresses = [(service["clusterIP"], service["ports"][0]["port"])]
+    for subset in kubectl.json("-n", "default", "get", "endpoints", "kubernetes").get("subsets") or []:
+        for port in subset.get("ports") or []:
+            addresses += [(a["ip"], port["port"]) for a in subset.get("addresses") or []]
+    return addresses
+
+
+class PodNetworkCut:
+    """iptables rules in one pod's network namespace (entered through a container that lives
+    as long as the pod), removed by heal(); a pod deleted meanwhile took them with it."""
+
+    def __init__(self, kubectl, namespace: str, pod: str, container: str, rules: list[list[str]]):
+        self.pid = container_processes(kubectl, namespace, pod, container)[0]
+        self.rules, self.applied = rules, []
+
+    def _iptables(self, action: str, rule: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run(["nsenter", "-t", str(self.pid), "-n", "iptables", action, *rule],
+                              capture_output=True, text=True, timeout=30)
+
+    def cut(self) -> None:
+        for rule in self.rules:
+            proc = self._iptables("-I", rule)
+            assert proc.returncode == 0, f"iptables -I {' '.join(rule)}: {proc.stderr}"
+            self.applied.append(rule)
+
+    def heal(self) -> None:
+        while self.applied:
+            self._iptables("-D", self.applied.pop())  # fails once the pod is gone: nothing left to heal
+
+
+def control_plane_cut(kubectl, namespace: str, pod: str, from_operator: bool) -> PodNetworkCut:
+    """The pod loses the API server (and, with `from_operator`, the operator loses the pod),
+    while its replicas and clients still reach it: a node cut off from the control plane."""
+    rules = [["OUTPUT", "-p", "tcp", "-d", ip, "--dport", str(port), "-j", "DROP"]
+             for ip, port in api_server_addresses(kubectl)]
+    if from_operator:
+        rules += [["INPUT", "-s", p["status"]["podIP"], "-j", "DROP"] for p in operator_pods(kubectl)]
+    return PodNetworkCut(kubectl, namespace, pod, "instance-agent", rules)
+
+
+class FrozenKubelet:
+    """The node's kubelet stopped with SIGSTOP (this host is the local cluster's node): pods
+    keep running, but nothing reports them, probes them, or carries out their deletion."""
+
+    def __init__(self):
+        proc = subprocess.run(["pgrep", "-x", "kubelet"], capture_output=True, text=True, timeout=10)
+        self.pids = [int(p) for p in proc.stdout.split()]
+        assert self.pids, "no kubelet process on this host (the local cluster's node)"
+        self.frozen = False
+
+    def freeze(self) -> None:
+        signal_processes(self.pids, "STOP")
+        self.frozen = True
+
+    def thaw(self) -> None:
+        if self.frozen:
+            signal_processes(self.pids, "CONT")
+            self.frozen = False
+
+
+def node_log_lines(namespace: str, pod: str, uid: str, container: str, needle: str) -> list[tuple[float, str]]:
+    """(wall time, text) of the lines of a container's log (every run) containing `needle`,
+    read from the node's log files: there even while the kubelet cannot serve `kubectl logs`."""
+    found = []
+    for path in sorted((LOCALKUBE_POD_LOGS / f"{namespace}_{pod}_{uid}" / container).glob("*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            stamp, _, rest = line.partition(" ")
+            if needle in rest:
+                found.append((_rfc3339(stamp), rest.split(" ", 2)[-1]))
+    return found
+
+
+def _rfc3339(stamp: str) -> float:
+    """containerd's nanosecond timestamps, to seconds since the epoch."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    seconds = datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.timezone.utc).timestamp()
+    return seconds + float(f"0.{fraction or 0}")
+
+
+def wall(status_time: str) -> float:
+    """A status timestamp (UTC) in seconds since the epoch."""
+    return datetime.datetime.fromisoformat(status_time.replace("Z", "+00:00")).timestamp()

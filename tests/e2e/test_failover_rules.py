@@ -12,6 +12,11 @@
   on pods) stays at its recorded step, fenced, and completes once the API allows it.
 - Two operator replicas, both running every daemon (the default `--standalone`): only the
   Lease holder acts, one failover per fault; when it dies, the other takes over.
+- The primary lease (a primary writes only while its instance-agent renews it): a primary
+  whose node is cut off from the control plane (kubelet frozen, the operator's traffic and
+  its own to the API server dropped, clients and replicas still reaching it) fences itself
+  before a replica is promoted, and no acknowledged write is lost; one cut off from the API
+  server alone fences itself, and is failed over, or (failover off) resumes when the cut heals.
 
 All faults are real; none is injected into the operator.
 """
@@ -24,8 +29,10 @@ import time
 
 import pytest
 
-from failovers import (ANALYTICS, FAILOVER_TIMEOUT, INSTANCES, REJOIN_TIMEOUT, Freezer, assert_lost_writes_are_the_newest,
-                       failover_since, freeze_walreceivers, in_pod_network, kill_postgres, lease_holder, operator_pods, under_load)
+from failovers import (ANALYTICS, FAILOVER_TIMEOUT, INSTANCES, REJOIN_TIMEOUT, Freezer, FrozenKubelet,
+                       assert_lost_writes_are_the_newest, control_plane_cut, failover_since, freeze_walreceivers,
+                       in_pod_network, kill_postgres, lease_holder, node_log_lines, operator_pods, under_load, wall)
+from load import PROBE_TABLE, Writer, query
 from support import OPERATOR_NAMESPACE, REPO, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -280,3 +287,173 @@ def test_of_two_operator_replicas_only_the_lease_holder_acts(kubectl, clusters):
     finally:
         kubectl("-n", OPERATOR_NAMESPACE, "scale", DEPLOYMENT, "--replicas=1")
         wait_for(lambda: len(operator_pods(kubectl)) == 1, 120, "one operator pod again")
+
+
+# --- the primary lease ---------------------------------------------------------------------------
+
+LEASE_DURATION, FENCE_MARGIN, CLOCK_SKEW = 8, 2, 1  # the spec's defaults
+FENCED = "fencing this primary"
+
+
+def probe_rows(view, statement: str, params=()) -> list[tuple]:
+    """The failover probe table, through PgBouncer (the current primary)."""
+    return query(view.pgbouncer, view.app, statement, params, dbname="shop", user="shop", timeout=10)
+
+
+def fence_lines(namespace: str, pod: dict) -> list[tuple[float, str]]:
+    """The fence's log lines (fence.sh's and the agent's), read from the node's log files."""
+    meta = pod["metadata"]
+    return sorted(line for container in ("postgres", "instance-agent")
+                  for line in node_log_lines(namespace, meta["name"], meta["uid"], container, FENCED))
+
+
+def test_a_primary_cut_off_from_the_control_plane_fences_itself_before_a_replica_is_promoted(kubectl, clusters):
+    """The primary's node loses the control plane: its kubelet is frozen, and its pod drops
+    the operator's traffic and its own to the API server. Replicas still stream from it, and
+    a client writes straight to its pod address while another writes through PgBouncer. Its
+    instance-agent cannot renew the primary lease, so the primary stops itself; the operator
+    cannot see the pod go (nothing carries out its deletion) and promotes a replica only once
+    the lease has expired. No write is acknowledged by the old primary after the promotion,
+    and none acknowledged by either primary is lost when the kubelet returns."""
+    view = clusters["async"]
+    namespace, old = view.namespace, view.primary()
+    pod = kubectl.json("-n", namespace, "get", "pod", f"{old}-0")
+    history = view.history()
+    before = history[-1]["startedAt"] if history else None
+    direct = Writer(pod["status"]["podIP"], view.app, "node-cut-direct")
+    direct.prepare()
+    cut = control_plane_cut(kubectl, namespace, f"{old}-0", from_operator=True)
+    kubelet = FrozenKubelet()
+    seen: dict = {}
+
+    def fault(instance: str) -> None:
+        direct.start()
+        wait_for(lambda: len(direct.acked) >= 20, 60, "writes straight to the primary's pod", interval=0.2)
+        kubelet.freeze()
+        cut.cut()
+        seen["cut"] = time.time()
+
+    def while_cut_off() -> None:
+        try:
+            wait_for(lambda: (h := view.history()) and h[-1]["startedAt"] != before, FAILOVER_TIMEOUT,
+                     "the failover, the old primary's kubelet frozen", interval=0.3)
+            time.sleep(3)  # the old primary stays cut off past the promotion: it must not take writes
+            seen["record"], seen["fence"] = view.status()["failover"], fence_lines(namespace, pod)
+        finally:
+            direct.stop()
+            cut.heal()
+            kubelet.thaw()
+
+    try:
+        outcome = under_load(view, "node-cut", fault, after_fault=while_cut_off)
+    finally:
+        direct.stop()
+        cut.heal()
+        kubelet.thaw()
+    record, cut_at = seen["record"], seen["cut"]
+    assert record["oldPrimaryStopped"]["by"] == "LeaseExpired", record  # the pod's deletion never confirmed
+    promoted = wall(record["oldPrimaryStopped"]["at"])  # decided here, promoted right after
+    assert seen["fence"], "neither fence.sh nor the instance-agent logged the fence"
+    fenced = seen["fence"][0][0]
+    # the old primary's writes, by its own clock (the same node's)
+    last_old = probe_rows(view, f"SELECT extract(epoch FROM max(at)) FROM {PROBE_TABLE} WHERE run = %s",
+                          ("node-cut-direct",))[0][0]
+    first_new = probe_rows(view, f"SELECT extract(epoch FROM min(at)) FROM {PROBE_TABLE} WHERE run = %s AND at > "
+                                 "to_timestamp(%s)", ("node-cut", promoted))[0][0]
+    lost_direct = direct.lost(view.pgbouncer)
+    handed = wall(record["lease"]["handedOverAt"])
+    print(f"node cut off ({old} -> {outcome.new}), seconds from the cut: fenced +{fenced - cut_at:.1f} "
+          f"({seen['fence'][0][1][:80]!r}), failover started +{wall(outcome.entry['startedAt']) - cut_at:.1f}, "
+          f"lease handed over +{handed - cut_at:.1f}, lease expired and promotion +{promoted - cut_at:.1f}, "
+          f"first write on {outcome.new} +{float(first_new) - cut_at:.1f}; last write on {old} "
+          f"+{float(last_old) - cut_at:.1f}; PgBouncer write gap {outcome.longest_gap():.1f} s; direct writes "
+          f"acked {len(direct.acked)}, lost {len(lost_direct)}; PgBouncer writes lost {len(outcome.lost)}")
+    assert fenced - cut_at <= LEASE_DURATION - FENCE_MARGIN + 1  # the last renewal came before the cut
+    assert float(last_old) < fenced + 0.5 < promoted  # nothing committed on the old primary after its fence
+    assert lost_direct == [] and outcome.lost == []  # replicas had every write the old primary acknowledged
+    assert direct.failures, "the old primary never refused a direct write"
+
+
+def test_a_primary_cut_off_from_the_api_server_alone_is_failed_over(kubectl, clusters):
+    """The operator still reaches the primary, which cannot renew the primary lease: it
+    stops itself within the lease's writable time, the operator sees it down and fails over
+    at once, and its pod, fenced, comes back as a replica (its new network is not cut)."""
+    view = clusters["async"]
+    namespace, old = view.namespace, view.primary()
+    pod = kubectl.json("-n", namespace, "get", "pod", f"{old}-0")
+    cut = control_plane_cut(kubectl, namespace, f"{old}-0", from_operator=False)
+    seen: dict = {}
+
+    def fault(instance: str) -> None:
+        cut.cut()
+        seen["cut"] = time.time()
+
+    def until_fenced() -> None:  # read before the fenced pod and its logs are deleted
+        seen["fence"] = wait_for(lambda: fence_lines(namespace, pod), LEASE_DURATION + 10,
+                                 "the primary's fence in its log", interval=0.2)
+
+    try:
+        outcome = under_load(view, "api-cut", fault, after_fault=until_fenced)
+    finally:
+        cut.heal()
+    fenced = seen["fence"]
+    record = view.status()["failover"]
+    started = wall(outcome.entry["startedAt"])
+    print(f"API server cut off from {old}: fenced +{fenced[0][0] - seen['cut']:.1f} s, failover started "
+          f"+{started - seen['cut']:.1f} s ({outcome.entry['reason']}), old primary stopped: "
+          f"{record['oldPrimaryStopped']['by']}, write gap {outcome.longest_gap():.1f} s, lost {len(outcome.lost)}")
+    assert fenced[0][0] - seen["cut"] <= LEASE_DURATION - FENCE_MARGIN + 1
+    assert fenced[0][0] < started and "is down" in outcome.entry["reason"]
+    # whichever came first: the kubelet confirming the fenced pod's deletion, or the lease running out
+    assert record["oldPrimaryStopped"]["by"] in ("PodGone", "LeaseExpired")
+    assert outcome.lost == []  # a fast shutdown sends every WAL record to the replicas first
+
+
+def test_with_failover_off_a_fenced_primary_says_so_and_resumes_when_the_cut_heals(kubectl, clusters):
+    """Failover off, so that nothing but the lease decides: the primary cut off from the API
+    server stops taking writes, and says why in its readiness, the PrimaryFenced condition
+    and a Warning Event; once the cut heals, its agent renews the lease and it is writable
+    again, as the same primary, with every acknowledged write."""
+    view = clusters["async"]
+    namespace, old = view.namespace, view.primary()
+    pod = kubectl.json("-n", namespace, "get", "pod", f"{old}-0")
+    patch_failover(kubectl, namespace, enabled=False)
+    cut = control_plane_cut(kubectl, namespace, f"{old}-0", from_operator=False)
+    writer = Writer(pod["status"]["podIP"], view.app, "api-cut-no-failover")
+    writer.prepare()
+    writer.start()
+    try:
+        time.sleep(INTERVAL + 1)  # the daemon reads the spec at each check
+        wait_for(lambda: len(writer.acked) >= 20, 60, "writes straight to the primary", interval=0.2)
+        cut.cut()
+        cut_at = time.monotonic()
+        wait_for(lambda: any(t > cut_at for t, _ in writer.failures), LEASE_DURATION + 5, "writes refused",
+                 interval=0.1)
+        refused_after = next(t for t, _ in writer.failures if t > cut_at) - cut_at
+
+        def fenced_condition():
+            status = view.status()
+            cond = next((c for c in status.get("conditions") or [] if c["type"] == "PrimaryFenced"), None)
+            return cond if cond and cond["status"] == "True" else None
+
+        condition = wait_for(fenced_condition, 60, "the PrimaryFenced condition", interval=0.5)
+        wait_for(lambda: events(kubectl, namespace, "PrimaryFenced"), 30, "the PrimaryFenced Warning Event")
+        unready = wait_for(lambda: [e["message"] for e in kubectl.json(
+            "-n", namespace, "get", "events", "--field-selector", f"involvedObject.name={old}-0,reason=Unhealthy")
+            ["items"] if "fenced" in e["message"]], 60, "the readiness probe saying fenced", interval=1)
+        assert writer.acked_after(cut_at + refused_after + 0.5) == 0
+        cut.heal()
+        healed_at = time.monotonic()
+        wait_for(lambda: writer.acked_after(healed_at) >= 10, 120, "writes accepted again", interval=0.2)
+        resumed_after = writer.first_ack_after(healed_at)
+        wait_for(lambda: not fenced_condition(), 60, "PrimaryFenced False again", interval=0.5)
+    finally:
+        cut.heal()
+        writer.stop()
+        patch_failover(kubectl, namespace, enabled=None)
+    print(f"API server cut off from {old}, failover off: writes refused {refused_after:.1f} s after the cut; "
+          f"condition: {condition['message'][:120]!r}; readiness: {unready[0][:100]!r}; writable again "
+          f"{resumed_after:.1f} s after the cut healed")
+    assert refused_after <= LEASE_DURATION - FENCE_MARGIN + 1
+    assert condition["reason"] == "LeaseExpired" and old in condition["message"]
+    assert view.primary() == old and writer.lost(view.pgbouncer) == []

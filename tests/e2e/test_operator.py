@@ -154,6 +154,11 @@ def test_bad_clusters_are_refused_and_nothing_is_built(kubectl, images, operator
     proc = kubectl("apply", "-f", "-", input=yaml.safe_dump(shrink), check=False)
     assert "PgBouncer pools do not fit max_connections" in proc.stderr
 
+    short = example_cluster(images, namespace, name="bad")
+    short["spec"]["failover"] = {"lease": {"durationSeconds": 5, "fenceMarginSeconds": 3}}
+    proc = kubectl("apply", "-f", "-", input=yaml.safe_dump(short), check=False)
+    assert "durationSeconds - fenceMarginSeconds must be at least 3" in proc.stderr
+
     # what the schema cannot judge, the operator refuses with a condition and an Event
     invalid = example_cluster(images, namespace, name="bad")
     invalid["spec"]["maintenance"] = {"materializedViews": [{"name": "v", "schedule": "61 * * * *"}]}

@@ -67,7 +67,7 @@ def env_of(container):
 
 
 def test_without_backup_nothing_of_pgbackrest_is_built(ctx):
-    assert [c["name"] for c in pod_of(ctx)["containers"]] == ["postgres"]
+    assert [c["name"] for c in pod_of(ctx)["containers"]] == ["postgres", "instance-agent"]
     assert not any(v["name"].startswith(("pgbackrest", "s3-")) for v in pod_of(ctx)["volumes"])
     assert not any(k.startswith("SHOPDB_BACKUP") or k.startswith("SHOPDB_RECOVERY")
                    for k in env_of(containers_of(ctx)["postgres"]))
@@ -245,7 +245,6 @@ def test_statefulset_runs_a_pgbackrest_server_sidecar():
     assert "SHOPDB_RECOVERY_STANZA" not in env
     # the pause process, not PostgreSQL, reaps the asynchronous archive-push worker
     assert pod["shareProcessNamespace"] is True
-    assert pod_of(make_context({}))["shareProcessNamespace"] is False
 
 
 def test_network_policy_lets_backup_pods_reach_the_pgbackrest_servers():
@@ -280,7 +279,7 @@ def test_recovery_conf_reads_the_source_repository(source_ns, expected_path):
     assert "repo2-path" not in conf["global"]
     assert conf["old"]["pg1-path"] == PGDATA and "shop" not in conf
     containers = containers_of(ctx)
-    assert list(containers) == ["postgres"]  # restores, but does not back up
+    assert list(containers) == ["postgres", "instance-agent"]  # restores, but does not back up
     env = env_of(containers["postgres"])
     assert env["SHOPDB_RECOVERY_STANZA"] == "old" and env["SHOPDB_RECOVERY_OPTIONS"] == "--type=default"
     assert "SHOPDB_BACKUP" not in env

@@ -230,3 +230,60 @@ def test_a_restarting_primary_holds_for_the_failover_window_only_when_failover_i
     assert hold({}) == "6"
     assert hold({"failover": {"checkIntervalSeconds": 5, "failureThreshold": 4}}) == "20"
     assert hold({"failover": {"enabled": False}}) == "0"
+
+
+def test_every_kind_built_is_one_the_client_can_write(ctx):
+    from shopdb_operator.kube.client import PLURALS
+
+    assert {o["kind"] for o in desired_objects(ctx)} <= set(PLURALS)
+
+
+def test_the_instance_agent_may_read_and_renew_its_clusters_lease_and_nothing_else(ctx):
+    objects = desired_objects(ctx)
+    account = by_name(objects, "ServiceAccount")["shop-instance"]
+    assert account["automountServiceAccountToken"] is False
+    role = by_name(objects, "Role")["shop-instance"]
+    assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                              "resourceNames": ["shop-primary"], "verbs": ["get", "patch"]}]
+    binding = by_name(objects, "RoleBinding")["shop-instance"]
+    assert binding["roleRef"]["name"] == "shop-instance"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "shop-instance", "namespace": "shop"}]
+    # the account's objects come before the pods that use it
+    kinds = [o["kind"] for o in objects]
+    assert kinds.index("RoleBinding") < kinds.index("StatefulSet")
+
+
+def test_only_the_agent_container_gets_the_token_and_it_runs_as_the_database_user(ctx):
+    pod = by_name(desired_objects(ctx), "StatefulSet")["shop-1"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "shop-instance" and pod["automountServiceAccountToken"] is False
+    assert pod["shareProcessNamespace"] is True  # the agent signals the postmaster; pause reaps fence.sh
+    containers = {c["name"]: c for c in pod["containers"]}
+    agent, postgres = containers["instance-agent"], containers["postgres"]
+    assert agent["image"] == ctx.operator_image and agent["command"] == ["shopdb-operator", "instance-agent"]
+    assert "runAsUser" not in agent["securityContext"] and pod["securityContext"]["runAsUser"] == 999
+    agent_mounts = {m["name"]: m for m in agent["volumeMounts"]}
+    assert agent_mounts["data"]["readOnly"] is True
+    assert agent_mounts["agent-token"]["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"
+    assert "agent-token" not in {m["name"] for m in postgres["volumeMounts"]}
+    token = next(v for v in pod["volumes"] if v["name"] == "agent-token")["projected"]["sources"]
+    assert token[0]["serviceAccountToken"]["expirationSeconds"] == 3600
+    # both read and write the same lease file, on the volume they share
+    assert env_of(agent)["SHOPDB_LEASE_FILE"] == env_of(postgres)["SHOPDB_LEASE_FILE"] == \
+        "/var/run/postgresql/primary-lease"
+    assert env_of(agent)["SHOPDB_PRIMARY_LEASE"] == "shop-primary"
+    assert agent["resources"]["requests"]["cpu"] == "10m"
+
+
+def test_the_primary_lease_names_the_recorded_primary_with_the_specs_timing():
+    import datetime
+
+    from shopdb_operator.builders.agent import primary_lease
+
+    ctx = make_context({"failover": {"lease": {"durationSeconds": 20, "fenceMarginSeconds": 5, "clockSkewSeconds": 2}}})
+    lease = primary_lease(ctx, "shop-1", datetime.datetime(2026, 12, 3, tzinfo=datetime.timezone.utc))
+    assert lease["metadata"]["name"] == "shop-primary"
+    assert lease["metadata"]["ownerReferences"][0]["uid"] == "uid-1234"
+    assert lease["spec"]["holderIdentity"] == "shop-1" and lease["spec"]["leaseDurationSeconds"] == 20
+    assert lease["metadata"]["annotations"] == {"shopdb.io/lease-duration-seconds": "20",
+                                                "shopdb.io/fence-margin-seconds": "5",
+                                                "shopdb.io/clock-skew-seconds": "2"}

@@ -54,6 +54,11 @@ NAMESPACED_RULES = {
     ("batch", "cronjobs"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
     ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    # each cluster's primary Lease, and the instance-agent's account that renews it
+    ("coordination.k8s.io", "leases"): {"get", "list", "watch", "create", "patch", "update"},
+    ("", "serviceaccounts"): {"get", "list", "watch", "create", "patch", "update"},
+    ("rbac.authorization.k8s.io", "roles"): {"get", "list", "watch", "create", "patch", "update"},
+    ("rbac.authorization.k8s.io", "rolebindings"): {"get", "list", "watch", "create", "patch", "update"},
 }
 # Cluster-scoped reads kopf needs in either scope.
 KOPF_CLUSTER_RULES = {
@@ -184,7 +189,7 @@ def test_cluster_role_grants_exactly_what_the_operator_needs():
                                     "namespace": OPERATOR_NAMESPACE}]
 
 
-def test_leases_are_granted_only_in_the_operator_namespace():
+def test_the_operator_lease_role_lives_in_the_operator_namespace():
     role = only(install_docs(), "Role", OPERATOR_NAMESPACE)
     assert rule_map(role["rules"]) == LEASE_RULES
     binding = only(install_docs(), "RoleBinding", OPERATOR_NAMESPACE)
@@ -200,7 +205,8 @@ def assert_least_privilege(docs: list[dict]) -> None:
             assert "*" not in {group, resource, *verbs}, role["metadata"]["name"]
             assert not resource.endswith(("/exec", "/attach", "/portforward", "/proxy")), resource
             assert not {"escalate", "bind", "impersonate"} & verbs, resource
-            assert group != "rbac.authorization.k8s.io", "the operator grants no roles"
+            if group == "rbac.authorization.k8s.io":  # the agents' Roles: no more than the operator holds
+                assert resource in {"roles", "rolebindings"} and not {"delete", "deletecollection"} & verbs
             if resource == "secrets":
                 assert verbs <= {"get", "list", "watch", "create", "patch"}, verbs
 

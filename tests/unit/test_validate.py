@@ -34,6 +34,14 @@ def test_integer_setting_must_be_a_number():
     assert "max_connections: 'many' is not a whole number" in problems({"postgres": {"parameters": {"max_connections": "many"}}})
 
 
+def test_the_lease_leaves_at_least_three_writable_seconds_per_renewal():
+    assert "durationSeconds - fenceMarginSeconds must be at least 3" in problems(
+        {"failover": {"lease": {"durationSeconds": 5, "fenceMarginSeconds": 3}}})
+    assert "fenceMarginSeconds" in problems({"failover": {"lease": {"fenceMarginSeconds": 0}}})
+    lease = parse_spec({"failover": {"lease": {"durationSeconds": 30}}}).failover.lease
+    assert (lease.duration_seconds, lease.fence_margin_seconds, lease.clock_skew_seconds) == (30, 2, 1)
+
+
 def test_synchronous_number_bounded_by_promotable_replicas():
     assert "synchronous.number" in problems({"postgres": {"synchronous": {"enabled": True, "number": 3}}})
 

@@ -104,6 +104,19 @@ scope) or by the per-namespace Roles (namespace scope); manifests/ is rendered f
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [get, list, watch, create, patch, update, delete]
+# Each cluster's primary Lease: created naming the first primary, handed over on failover.
+# (The operator holds get and patch on leases itself, so it may grant them to the agents.)
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, list, watch, create, patch, update]
+# The database pods' instance-agent: a ServiceAccount per cluster, with a Role to read and
+# renew that cluster's primary Lease only.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get, list, watch, create, patch, update]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [get, list, watch, create, patch, update]
 {{- end -}}
 
 {{/* Cluster-scoped reads kopf itself needs, in either scope. */}}

@@ -239,6 +239,31 @@ class MaintenanceSpec(_Model):
     )
 
 
+class PrimaryLeaseSpec(_Model):
+    """The lease a primary must hold to accept writes (renewed by its instance-agent)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": "!has(self.durationSeconds) || !has(self.fenceMarginSeconds) || "
+                "self.durationSeconds - self.fenceMarginSeconds >= 3",
+        "message": "durationSeconds - fenceMarginSeconds must be at least 3 (the agent renews every third of it)",
+    }]})
+
+    duration_seconds: int = Field(
+        8, ge=4, le=300,
+        description="How long one renewal of the primary lease lasts. A primary that cannot renew it (cut off from "
+                    "the API server) stops accepting writes after durationSeconds - fenceMarginSeconds; a node cut "
+                    "off altogether is failed over after durationSeconds + clockSkewSeconds. Longer: more tolerance "
+                    "of API server outages, a longer RTO when a whole node is cut off.")
+    fence_margin_seconds: int = Field(
+        2, ge=1, le=60,
+        description="How long before the lease ends the primary fences itself: covers the fence's own time and a "
+                    "starved agent.")
+    clock_skew_seconds: int = Field(
+        1, ge=0, le=60,
+        description="Allowance for the difference between the primary's node clock and the operator's, added "
+                    "before an unrenewed lease counts as expired.")
+
+
 class FailoverSpec(_Model):
     enabled: bool = Field(True, description="Promote a replica automatically when the primary fails.")
     check_interval_seconds: int = Field(2, ge=1, le=300, description="How often the operator checks the primary.")
@@ -247,6 +272,7 @@ class FailoverSpec(_Model):
         16 * 1024 * 1024, ge=0,
         description="A candidate further behind than this is not promoted (raise it to accept more loss).",
     )
+    lease: PrimaryLeaseSpec = Field(default_factory=PrimaryLeaseSpec)
 
 
 REPOSITORY_NAME_PATTERN = r"^[a-z]([a-z0-9-]{0,13}[a-z0-9])?$"

@@ -71,6 +71,10 @@ def semantic_problems(spec: ClusterSpec) -> list[str]:
         return problems
     if spec.failover.enabled and not spec.promotable_replicas:
         problems.append("spec.replicas: failover needs at least one replica with promotable: true")
+    lease = spec.failover.lease
+    if lease.duration_seconds - lease.fence_margin_seconds < 3:
+        problems.append("spec.failover.lease: durationSeconds - fenceMarginSeconds must be at least 3 "
+                        "(the agent renews every third of it)")
     if spec.postgres.synchronous.enabled and len(spec.promotable_replicas) < spec.postgres.synchronous.number:
         problems.append("spec.postgres.synchronous.number is larger than the number of promotable replicas")
     bouncer = spec.pgbouncer

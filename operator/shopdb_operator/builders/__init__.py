@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .agent import agent_objects
 from .common import ClusterContext
 from .cronjobs import maintenance_cronjobs
 from .network import network_policies
@@ -20,7 +21,7 @@ def desired_objects(ctx: ClusterContext) -> list[dict]:
     from ..backup import backup_objects  # backup/ builds on builders.common: imported when used
 
     backup = backup_objects(ctx, PGDATA)
-    objects: list[dict] = [scripts_config_map(ctx), *backup[:1], *instance_objects(ctx)]
+    objects: list[dict] = [scripts_config_map(ctx), *backup[:1], *agent_objects(ctx), *instance_objects(ctx)]
     objects += database_services(ctx)
     objects.append(postgres_disruption_budget(ctx))
     objects += pgbouncer_objects(ctx)

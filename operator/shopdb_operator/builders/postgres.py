@@ -19,6 +19,7 @@ from ..backup.volumes import instance_volumes as backup_volumes
 from ..api.spec import ComputeResources
 from ..topology import PRIMARY, Instance
 from . import config_files
+from .agent import agent_container, service_account_name, token_volume
 from .common import (
     LABEL_INSTANCE, LABEL_PROMOTABLE, LABEL_ROLE, POSTGRES, POSTGRES_PORT, POSTGRES_UID,
     ClusterContext, config_map_volume, container_resources, container_security_context,
@@ -33,6 +34,8 @@ PGDATA = f"{DATA_MOUNT}/pgdata"  # a subdirectory: a volume's root may hold lost
 CONFIG_MOUNT = "/etc/shopdb/config"
 SCRIPTS_MOUNT = "/etc/shopdb/scripts"
 INIT_MOUNT = "/etc/shopdb/init"
+RUN_MOUNT = "/var/run/postgresql"
+LEASE_FILE = f"{RUN_MOUNT}/primary-lease"  # written by the instance-agent (fencing/)
 ANNOTATION_CONFIG_HASH = "shopdb.io/config-hash"
 ANALYTICS_READY_MAX_LAG_BYTES = 64 * 1024 ** 3
 
@@ -125,6 +128,7 @@ def _env(ctx: ClusterContext, instance: Instance) -> list[dict]:
         "SHOPDB_READY_MAX_LAG_BYTES": str(readiness_lag_bound(ctx, instance)),
         "SHOPDB_ANALYTICS": str(instance.analytics).lower(),
         "SHOPDB_PRIMARY_START_HOLD_SECONDS": str(primary_start_hold_seconds(ctx)),
+        "SHOPDB_LEASE_FILE": LEASE_FILE,
     }
     plain |= _backup_env(ctx)
     env = [{"name": k, "value": v} for k, v in plain.items()]
@@ -192,7 +196,7 @@ def _volumes(ctx: ClusterContext, instance: Instance, res: ComputeResources) -> 
         {"name": "data", "mountPath": DATA_MOUNT},
         {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
         {"name": "scripts", "mountPath": SCRIPTS_MOUNT, "readOnly": True},
-        {"name": "run", "mountPath": "/var/run/postgresql"},
+        {"name": "run", "mountPath": RUN_MOUNT},
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "shm", "mountPath": "/dev/shm"},
     ]
@@ -231,7 +235,8 @@ def instance_statefulset(ctx: ClusterContext, instance: Instance) -> dict:
         # target) leaves its last log lines in the pod's status
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    containers = [container]
+    containers = [container, agent_container(ctx, instance, PGDATA, LEASE_FILE, DATA_MOUNT, RUN_MOUNT)]
+    volumes.append(token_volume())
     if ctx.spec.backup is not None:
         server_mounts = [m for m in mounts if m["name"] in ("data", "scripts", "run", "tmp")
                          or m["name"].startswith("pgbackrest")]
@@ -263,6 +268,8 @@ def instance_statefulset(ctx: ClusterContext, instance: Instance) -> dict:
                     "annotations": {ANNOTATION_CONFIG_HASH: content_hash(config)},
                 },
                 "spec": {
+                    # the account's token goes to the instance-agent's container only
+                    "serviceAccountName": service_account_name(ctx),
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     # The image's STOPSIGNAL SIGINT (official and local images) is a fast
@@ -270,9 +277,10 @@ def instance_statefulset(ctx: ClusterContext, instance: Instance) -> dict:
                     "terminationGracePeriodSeconds": 60,
                     "securityContext": pod_security_context(POSTGRES_UID),
                     "affinity": soft_anti_affinity(selector(ctx, POSTGRES)),
-                    # with backups, the pause process is PID 1 and reaps pgBackRest's detached
-                    # archive-push worker (backup.config); PostgreSQL must not be its parent
-                    "shareProcessNamespace": ctx.spec.backup is not None,
+                    # The pause process is PID 1 and reaps detached processes (fence.sh, and
+                    # pgBackRest's archive-push worker), which PostgreSQL must not parent; the
+                    # instance-agent signals the postmaster to fence it.
+                    "shareProcessNamespace": True,
                     "containers": containers,
                     "volumes": volumes,
                 },

@@ -15,6 +15,7 @@ from .. import GROUP, KIND, VERSION, postgres
 from ..builders.common import (COMPONENT, LABEL_CLUSTER, LABEL_INSTANCE, LABEL_ROLE, PGBOUNCER, POSTGRES, POSTGRES_PORT,
                                route_label)
 from ..builders.secrets import PGBOUNCER_ADMIN_USER, SUPERUSER
+from ..fencing import lease as primary_lease
 from ..kube.client import Kube, KubeError
 from ..status import FAILOVER_BLOCKED, set_condition
 from ..topology import PRIMARY, REPLICA
@@ -49,9 +50,14 @@ class KubeCluster:
     """Cluster (execute.py) for one ShopDatabaseCluster."""
 
     def __init__(self, kube: Kube, namespace: str, name: str, event: Callable[[str, str, str], None],
-                 templates: Callable[[dict], list[dict] | None] = lambda topology: None):
+                 templates: Callable[[dict], list[dict] | None] = lambda topology: None,
+                 new_lease: Callable[[str, datetime.datetime], dict] | None = None,
+                 timing: primary_lease.Timing | None = None):
         self.kube, self.namespace, self.name, self._event = kube, namespace, name, event
         self._templates = templates  # topology record -> the instances' manifests (None: spec refused)
+        self._new_lease = new_lease  # (holder, now) -> the primary Lease to create when it is missing
+        self.timing = timing or primary_lease.Timing(8, 2, 1)
+        self.lease_name = primary_lease.lease_name(name)
         self._blocked: tuple | None = None  # the FailoverBlocked condition this object last wrote
 
     def record(self, status: dict) -> None:
@@ -106,6 +112,32 @@ class KubeCluster:
         if created and parse_timestamp(created.replace("Z", ".0Z")) >= created_before:
             return False  # recreated after the fence began: it already carries role=replica
         return self.kube.delete("v1", "Pod", self.namespace, f"{instance}-0", grace_seconds=grace_seconds)
+
+    def primary_lease(self) -> dict | None:
+        return self.kube.get(primary_lease.API_VERSION, "Lease", self.namespace, self.lease_name)
+
+    def hand_over_lease(self, to: str, now: datetime.datetime, attempts: int = 10) -> tuple[dict | None, str]:
+        for _ in range(attempts):
+            lease = self.primary_lease()
+            if lease is None:
+                if self._new_lease is None:
+                    raise RuntimeError(f"the primary lease {self.lease_name} does not exist")
+                manifest = self._new_lease(to, now)
+                if self.kube.create(manifest) is not None:
+                    return None, manifest["spec"]["renewTime"]
+                continue  # created meanwhile: read it
+            if primary_lease.holder(lease) == to:
+                # handed over already (this step resumed): the handover wrote acquireTime too
+                return lease, (lease.get("spec") or {}).get("acquireTime") or ""
+            patch = primary_lease.handover_patch(lease, to, self.timing, now)
+            try:
+                self.kube.merge_patch(primary_lease.API_VERSION, "Lease", self.namespace, self.lease_name, patch)
+            except KubeError as err:
+                if err.status == 409:
+                    continue  # renewed in between: that renewal is the old holder's last one now
+                raise
+            return lease, patch["spec"]["renewTime"]
+        raise RuntimeError(f"the primary lease {self.lease_name} kept changing; handover retried")
 
     def event(self, type_: str, reason: str, message: str) -> None:
         self._event(type_, reason, message)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Mapping
 
 from ..api.spec import ClusterSpec
+from ..fencing import lease as primary_lease
 from ..topology import Topology
 
 # The recorded steps, in order; a restarted operator resumes at the first one not recorded.
@@ -51,6 +52,8 @@ class Observation:
     streaming: bool = False  # a standby's walreceiver is streaming now
     error: str = ""  # the failure's class name, never its text (it may quote a DSN)
     incarnation: str = ""  # pod uid and container restarts: changes when the server restarted
+    pod_uid: str = ""
+    agent: bool = False  # the pod runs an instance-agent (renews the primary lease when it holds it)
 
     @property
     def down(self) -> str:
@@ -306,7 +309,8 @@ def step_durations(state: dict) -> dict[str, float]:
 
 def history_entry(state: dict) -> dict:
     return {key: state.get(key) for key in ("kind", "from", "to", "reason", "startedAt", "finishedAt",
-                                            "durationSeconds")} | {"stepSeconds": step_durations(state)}
+                                            "durationSeconds")} | {
+        "stepSeconds": step_durations(state), "oldPrimaryStopped": (state.get("oldPrimaryStopped") or {}).get("by")}
 
 
 def with_history(history: list[dict] | None, state: dict) -> list[dict]:
@@ -330,6 +334,88 @@ def drain_pending(state: dict, observations: Mapping[str, Observation], topology
         return []
     return sorted(o.name for o in observations.values()
                   if o.streaming and eligible(o.name, topology, state.get("from", "")))
+
+
+# --- the primary lease: nobody is promoted while the old primary may still write ----------
+
+LEASE_EXPIRED, POD_GONE = "LeaseExpired", "PodGone"
+
+
+def lease_record(previous: dict | None, to: str, handover_renew_time: str, now: datetime.datetime,
+                 earlier: dict | None = None) -> dict:
+    """What the fence step records of its lease handover (status.failover.lease).
+
+    `previous` is the lease as read by the handover that succeeded: its renewTime is the old
+    holder's last, since a later renewal would have made the handover fail. None when the
+    lease already named `to` (the fence step resumed after a crash): the old holder's last
+    renewal then lies before the handover's own acquireTime, which stands in for it. A second
+    handover (the promote step chose a replica further ahead) keeps the first record's old
+    holder."""
+    if earlier:
+        base = {k: earlier.get(k) for k in ("from", "renewTime", "durationSeconds")}
+    elif previous is not None and primary_lease.holder(previous) != to:
+        base = {"from": primary_lease.holder(previous) or None, "renewTime": primary_lease.renew_time(previous) or None,
+                "durationSeconds": primary_lease.renewed_duration(previous, 0) or None}
+    else:
+        spec = (previous or {}).get("spec") or {}
+        base = {"from": None, "renewTime": spec.get("acquireTime") or timestamp(now),
+                "durationSeconds": primary_lease.renewed_duration(previous, 0) or None}
+    return {**base, "to": to, "handoverRenewTime": handover_renew_time, "handedOverAt": timestamp(now)}
+
+
+def old_primary_stopped(state: dict, observations: Mapping[str, Observation], skew: int, default_duration: int,
+                        now: datetime.datetime) -> tuple[str, str]:
+    """(how, why) the old primary can no longer be writing, or ("", why not yet).
+
+    - PodGone: the pod fenced at the fence step no longer exists. The API server removes a
+      pod only once its kubelet confirmed every container stopped (the rule a StatefulSet
+      relies on to never run two pods of one name); a force deletion skips the kubelet and
+      is its user's word for it, and the lease below still fences such a pod by itself.
+    - LeaseExpired: its last renewal plus the duration it promised plus the clock-skew
+      allowance lies in the past: its instance-agent and fence.sh stopped it `margin`
+      seconds before the lease ended.
+    """
+    old = observations.get(state["from"])
+    fenced_uid = state.get("fencedPod")
+    if old is None or not old.pod_exists or (fenced_uid and old.pod_uid and old.pod_uid != fenced_uid):
+        return POD_GONE, f"{state['from']}'s pod is gone: the kubelet confirmed its containers stopped"
+    record = state.get("lease") or {}
+    renewed = record.get("renewTime") or ""
+    duration = int(record.get("durationSeconds") or default_duration)
+    if primary_lease.expired(renewed, duration, skew, now):
+        return LEASE_EXPIRED, (f"{state['from']}'s primary lease expired: last renewed {renewed or 'never'}, "
+                               f"{duration} s lease + {skew} s clock-skew allowance")
+    until = primary_lease.expires_at(renewed, duration, skew)
+    return "", (f"{state['from']} may still be writing: its pod is not gone and its primary lease runs until "
+                f"{timestamp(until)}")
+
+
+def lease_taken_up(state: dict, lease: dict | None, target: Observation | None) -> bool:
+    """The promoted instance's agent renewed the lease since the handover, so its fence.sh
+    lets it write. A pod without an instance-agent (made before it existed) is not waited for:
+    nothing there fences it either."""
+    if target is not None and target.pod_exists and not target.agent:
+        return True
+    record = state.get("lease") or {}
+    return (primary_lease.holder(lease) == state["to"]
+            and primary_lease.renew_time(lease) not in ("", record.get("handoverRenewTime")))
+
+
+def lease_status(lease: dict | None, skew: int, now: datetime.datetime) -> dict:
+    """status.primaryLease: who holds it, when it was renewed, and whether its holder is
+    fenced (it renewed the lease before, and that renewal has expired: its agent and
+    fence.sh stopped it). A lease never renewed since it was created or handed over is not
+    a fence: its holder's agent may not be running yet."""
+    if lease is None:
+        return {"holder": None, "renewTime": None, "expiresAt": None, "fenced": False}
+    spec = lease.get("spec") or {}
+    renewed = primary_lease.renew_time(lease)
+    duration = primary_lease.renewed_duration(lease, 0)
+    until = primary_lease.expires_at(renewed, duration, skew)
+    ever_renewed = bool(renewed) and renewed != spec.get("acquireTime")
+    return {"holder": primary_lease.holder(lease) or None, "renewTime": renewed or None,
+            "expiresAt": timestamp(until) if until else None,
+            "fenced": ever_renewed and primary_lease.expired(renewed, duration, skew, now)}
 
 
 # --- routes after a failover -------------------------------------------------------------

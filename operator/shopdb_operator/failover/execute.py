@@ -40,6 +40,14 @@ class Cluster(Protocol):
         """Delete the instance's pod if it was created before `created_before` (a pod
         recreated since the fence is already fenced); True when deleted."""
 
+    def hand_over_lease(self, to: str, now: datetime.datetime) -> tuple[dict | None, str]:
+        """Name `to` in the primary lease (created if missing), written with the
+        resourceVersion read and read again on a conflict. Returns the lease as read by the
+        write that succeeded (None: there was none) and the renewTime the handover wrote."""
+
+    def primary_lease(self) -> dict | None:
+        """The primary lease as the API server has it now."""
+
     def event(self, type_: str, reason: str, message: str) -> None: ...
 
 
@@ -154,6 +162,13 @@ def _fence(state, plan, observations, cluster, databases, poolers, now) -> StepR
         if lsn is not None:
             extra["fenceLSN"] = lsn
     _move_primary({**state, **extra}, plan, cluster)
+    # From here the old primary's agent cannot renew: it fences its primary when its last
+    # renewal runs out, if not sooner (it sees the lease name another instance).
+    previous, written = cluster.hand_over_lease(state["to"], now)
+    extra["lease"] = decide.lease_record(previous, state["to"], written, now)
+    fenced = observations.get(old)
+    if fenced is not None and fenced.pod_uid:
+        extra["fencedPod"] = fenced.pod_uid
     # A pod created before the templates changed may have started with role=primary (its
     # role is read at container start): it goes, whenever it was created. Creation times
     # have whole seconds, so one created just after the change may go too (harmless).
@@ -201,12 +216,25 @@ def _promote(state, plan, observations, cluster, databases, poolers, now) -> Ste
             if isinstance(choice, Refusal):
                 return _refused(state, choice, cluster)
             if choice.name != target and choice.wal_position > (already.wal_position if already else -1):
-                state = {**state, "to": choice.name, "lagBytes": choice.lag_bytes}
+                previous, written = cluster.hand_over_lease(choice.name, now)
+                state = {**state, "to": choice.name, "lagBytes": choice.lag_bytes,
+                         "lease": decide.lease_record(previous, choice.name, written, now, earlier=state.get("lease"))}
                 _move_primary(state, plan, cluster)
                 cluster.event("Normal", "FailoverCandidate", f"{choice.name} is further ahead than {target}; "
                                                              f"promoting it instead")
                 target = choice.name
                 already = observations.get(target)
+        # Never two writable primaries: the old one is positively gone or its lease ran out,
+        # and the new one's agent renewed the lease (else its fence.sh would stop it at once).
+        lease = plan.spec.failover.lease
+        how, why = decide.old_primary_stopped(state, observations, lease.clock_skew_seconds,
+                                              lease.duration_seconds, now)
+        if not how:
+            return StepResult(state, waiting=why)
+        if not decide.lease_taken_up(state, cluster.primary_lease(), observations.get(target)):
+            return StepResult(state, waiting=f"{target}'s instance-agent has not renewed the primary lease yet")
+        state = {**state, "oldPrimaryStopped": {"by": how, "message": why, "at": decide.timestamp(now)}}
+        cluster.event("Normal", "OldPrimaryStopped", f"{why}; promoting {target}")
         if already is not None and already.wal_position is not None:
             # Where the new timeline forks: the end of the WAL the standby holds.
             state = {**state, "forkLSN": already.wal_position}

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
 
 from .. import postgres
+from ..builders.agent import AGENT
 from .decide import CONNECTION_REFUSED, Observation
 
 CONNECT_TIMEOUT_SECONDS = 2  # libpq's minimum
@@ -28,6 +29,8 @@ def pod_state(pod: dict | None) -> dict:
     restarts = sum(int(c.get("restartCount") or 0) for c in containers)
     return {
         "pod_exists": True,
+        "pod_uid": pod["metadata"].get("uid", ""),
+        "agent": any(c.get("name") == AGENT for c in (pod.get("spec") or {}).get("containers") or []),
         "incarnation": f"{pod['metadata'].get('uid', '')}/{restarts}",
         "pod_deleting": bool(pod["metadata"].get("deletionTimestamp")),
         "container_running": bool(containers) and all("running" in (c.get("state") or {}) for c in containers),

@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 import kopf
 
 from .. import GROUP, KIND, PLURAL, VERSION, postgres
+from ..status import PRIMARY_FENCED, set_condition
 from ..api.spec import ClusterSpec
 from ..api.validate import InvalidSpec, parse_spec
 from ..builders.common import POSTGRES_PORT
+from ..builders.agent import lease_timing, primary_lease
 from ..builders.secrets import PGBOUNCER_CREDENTIAL, SUPERUSER_CREDENTIAL
 from ..failover import decide, execute, monitor
 from ..failover.adapters import (SWITCHOVER_ANNOTATION, KubeCluster, PgBouncerPoolers, SqlDatabases, database_pods,
@@ -35,12 +37,14 @@ from ..kube.lease import Lease
 from ..topology import Topology, plan_topology
 from .clients import kube
 from .locks import cluster_lock
-from .reconcile import instance_templates  # (the package's `reconcile` is the kopf handler)
+from .reconcile import cluster_context, instance_templates  # (the package's `reconcile` is the kopf handler)
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 ANNOTATION_SWITCHOVER = SWITCHOVER_ANNOTATION
 HOLD_AFTER_STEP_ENV = "SHOPDB_TEST_HOLD_AFTER_STEP"  # tests only: see _hold_for_a_test
-WAIT_IN_CHECK_SECONDS = 3  # a failover step that waits is re-tried within one check this long
+# A failover step that waits is re-tried within one check this long: long enough to cover a
+# lease running out (duration + skew, 9 s by default) without the gap of another check.
+WAIT_IN_CHECK_SECONDS = 12
 WAIT_POLL_SECONDS = 0.25
 HEALTH_REFRESH_SECONDS = 10  # status.health is rewritten at least this often, or on a change
 
@@ -67,6 +71,7 @@ class Memory:
     tracker: decide.HealthTracker = field(default_factory=decide.HealthTracker)
     health_summary: object = None
     health_written: datetime.datetime | None = None
+    fenced: tuple | None = None  # the PrimaryFenced condition last written: (fenced, holder)
     warned_unhealthy: bool = False
 
 
@@ -111,7 +116,8 @@ def health_status(check: Check, tracker: decide.HealthTracker) -> dict:
 
 def _summary(health: dict) -> tuple:
     """What makes a health record worth writing now (LSNs move all the time)."""
-    return (health["primary"], health["consecutiveFailures"],
+    lease = health.get("primaryLease") or {}
+    return (health["primary"], health["consecutiveFailures"], lease.get("holder"), lease.get("fenced"),
             tuple((n, i["reachable"], i["ready"], i["inRecovery"], i["streaming"]) for n, i in health["instances"].items()))
 
 
@@ -125,7 +131,13 @@ class Actor:
             return instance_templates(check.name, check.namespace, body["metadata"]["uid"], body.get("spec"),
                                       check.status, topology)
 
-        self.cluster = KubeCluster(kube, check.namespace, check.name, post_event, templates)
+        def new_lease(holder: str, now: datetime.datetime) -> dict:
+            ctx = cluster_context(check.name, check.namespace, body["metadata"]["uid"], body.get("spec"),
+                                  check.status)
+            return primary_lease(ctx, holder, now)
+
+        self.cluster = KubeCluster(kube, check.namespace, check.name, post_event, templates, new_lease,
+                                   lease_timing(check.spec))
         self.databases = SqlDatabases(lambda inst: self._address(kube, inst), password)
 
     @functools.cached_property
@@ -212,6 +224,9 @@ def check_cluster(kube: Kube, memory: Memory, name: str, namespace: str, body: d
 
     now = _now()
     health = health_status(check, memory.tracker)
+    health["primaryLease"] = decide.lease_status(actor.cluster.primary_lease(), spec.failover.lease.clock_skew_seconds,
+                                                 now)
+    report_fence(kube, memory, name, namespace, health["primaryLease"], post_event, now)
     if (_summary(health) != memory.health_summary or memory.health_written is None
             or (now - memory.health_written).total_seconds() >= HEALTH_REFRESH_SECONDS):
         health["checkedAt"] = decide.timestamp(now)
@@ -262,6 +277,28 @@ def check_cluster(kube: Kube, memory: Memory, name: str, namespace: str, body: d
 
     moves = decide.route_handoff(check.topology, check.observations, preferred=(state or {}).get("from"))
     execute.hand_off_routes(check.topology, moves, actor.cluster)
+
+
+def report_fence(kube: Kube, memory: Memory, name: str, namespace: str, lease: dict, post_event,
+                 now: datetime.datetime) -> None:
+    """The PrimaryFenced condition, written when it changes, and a Warning Event when the
+    holder of the primary lease is fenced (its renewal ran out: it refuses writes)."""
+    holder = lease.get("holder") or "nobody"
+    state = (bool(lease.get("fenced")), holder)
+    if state == memory.fenced:
+        return
+    if state[0]:
+        reason = "LeaseExpired"
+        message = (f"{holder} has not renewed the primary lease since {lease.get('renewTime')} (expired "
+                   f"{lease.get('expiresAt')}): it refuses writes until it renews it, or a failover hands the "
+                   f"lease to another instance")
+        post_event("Warning", "PrimaryFenced", message)
+    else:
+        reason, message = "LeaseHeld", f"{holder} holds the primary lease"
+    stamp = decide.timestamp(now)
+    kube.update_status(f"{GROUP}/{VERSION}", KIND, namespace, name, {},
+                       lambda live, gen: set_condition(live, PRIMARY_FENCED, state[0], reason, message, gen, stamp))
+    memory.fenced = state
 
 
 def locked_check(memory: Memory, name: str, namespace: str, post_event, logger) -> None:

@@ -6,6 +6,7 @@ it to kopf's create/update/resume handlers and timer.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import secrets
@@ -15,9 +16,11 @@ from .. import backup, certs
 from ..api.validate import (InvalidSpec, applied_record, parse_spec, recovery_overlap_problem,
                             unsafe_change_problems)
 from ..builders import ClusterContext, desired_objects, instance_objects
+from ..builders.agent import lease_timing, primary_lease, primary_lease_name
 from ..builders.common import LABEL_CLUSTER, LABEL_ROLE
 from ..builders.secrets import CREDENTIALS, credential_secret
 from ..failover.adapters import database_pods
+from ..fencing import lease as fencing_lease
 from ..kube.client import Kube, KubeError
 from ..status import summarize_instances
 from ..topology import plan_topology
@@ -137,6 +140,22 @@ def ensure_backup_tls(kube: Kube, ctx: ClusterContext) -> list[str]:
     return [name] if kube.create(backup.tls_secret(ctx, ca, server, client)) is not None else []
 
 
+def ensure_primary_lease(kube: Kube, ctx: ClusterContext) -> None:
+    """Create the primary lease naming the recorded primary, before any pod could wait for
+    it; afterwards only its timing annotations follow the spec. Its holder changes only in a
+    failover's fence step, and the agent renews it: never applied."""
+    name = primary_lease_name(ctx)
+    lease = kube.get(fencing_lease.API_VERSION, "Lease", ctx.namespace, name)
+    if lease is None:
+        kube.create(primary_lease(ctx, ctx.topology.primary, datetime.datetime.now(datetime.timezone.utc)))
+        return
+    wanted = lease_timing(ctx.spec).annotations()
+    annotations = lease["metadata"].get("annotations") or {}
+    if any(annotations.get(k) != v for k, v in wanted.items()):
+        kube.merge_patch(fencing_lease.API_VERSION, "Lease", ctx.namespace, name,
+                         {"metadata": {"annotations": wanted}})
+
+
 def apply_objects(kube: Kube, ctx: ClusterContext, objects: list[dict]) -> int:
     for obj in objects:
         try:
@@ -191,6 +210,7 @@ def reconcile(kube: Kube, name: str, namespace: str, uid: str, spec_raw: dict | 
     objects = desired_objects(ctx)
     outcome = Outcome()
     outcome.created_secrets = ensure_secrets(kube, ctx) + ensure_backup_tls(kube, ctx)
+    ensure_primary_lease(kube, ctx)
     outcome.applied = apply_objects(kube, ctx, objects)
     outcome.pruned = prune(kube, ctx, objects)
     outcome.status = {

@@ -33,6 +33,9 @@ PLURALS = {
     "Job": "jobs",
     "NetworkPolicy": "networkpolicies",
     "Lease": "leases",
+    "ServiceAccount": "serviceaccounts",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
     "ShopDatabaseCluster": "shopdatabaseclusters",
 }
 

@@ -13,11 +13,11 @@ import datetime
 import os
 import socket
 
+from ..fencing.lease import API_VERSION, micro_time, parse_time
 from .client import Kube, KubeError
 
 LEASE_NAME = "shopdb-operator"
 LEASE_DURATION_SECONDS = 15
-API_VERSION = "coordination.k8s.io/v1"
 
 
 def identity() -> str:
@@ -28,17 +28,6 @@ def lease_namespace() -> str:
     return os.environ.get("SHOPDB_OPERATOR_NAMESPACE", "shopdb-system")
 
 
-def _micro_time(now: datetime.datetime) -> str:
-    return now.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse(value: str) -> datetime.datetime:
-    value = value.replace("Z", "+00:00")
-    if "." not in value:
-        value = value.replace("+00:00", ".000000+00:00")
-    return datetime.datetime.fromisoformat(value)
-
-
 def lease_action(spec: dict, me: str, now: datetime.datetime) -> str:
     """'renew' (ours), 'acquire' (free or expired) or 'wait' (another holder's, valid)."""
     holder = spec.get("holderIdentity")
@@ -47,7 +36,7 @@ def lease_action(spec: dict, me: str, now: datetime.datetime) -> str:
     renewed = spec.get("renewTime") or spec.get("acquireTime")
     if not holder or not renewed:
         return "acquire"
-    expires = _parse(renewed) + datetime.timedelta(seconds=spec.get("leaseDurationSeconds") or LEASE_DURATION_SECONDS)
+    expires = parse_time(renewed) + datetime.timedelta(seconds=spec.get("leaseDurationSeconds") or LEASE_DURATION_SECONDS)
     return "acquire" if now >= expires else "wait"
 
 
@@ -94,7 +83,7 @@ class Lease:
 
     def _spec(self, now: datetime.datetime, acquired: bool, transitions: int) -> dict:
         spec = {"holderIdentity": self.me, "leaseDurationSeconds": self.duration,
-                "renewTime": _micro_time(now), "leaseTransitions": transitions}
+                "renewTime": micro_time(now), "leaseTransitions": transitions}
         if acquired:
-            spec["acquireTime"] = _micro_time(now)
+            spec["acquireTime"] = micro_time(now)
         return spec

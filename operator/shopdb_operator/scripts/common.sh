@@ -15,6 +15,9 @@ SCRIPTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # putting passwords on command lines or in postgresql.auto.conf.
 export PGPASSFILE="$SHOPDB_RUN_DIR/pgpass"
 export PGCONNECT_TIMEOUT="${PGCONNECT_TIMEOUT:-5}"
+# The primary lease (instance-agent): unset outside Kubernetes, where no lease fences a primary.
+SHOPDB_LEASE_FILE="${SHOPDB_LEASE_FILE:-}"
+SHOPDB_FENCE_FILE="$SHOPDB_RUN_DIR/fenced"
 
 log() {
     printf '%s shopdb[%s]: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${SHOPDB_INSTANCE:-?}" "$*" >&2
@@ -77,4 +80,21 @@ primary_psql() {
 # The recorded primary over the replication protocol, as the replication user.
 primary_replication_psql() {
     run_psql "$(primary_conninfo "$SHOPDB_REPLICATION_USER" replication) replication=true" "$@"
+}
+
+# CLOCK_BOOTTIME in hundredths of a second: the clock the instance-agent writes the lease
+# file with (containers of a pod share the kernel's clock).
+now_hundredths() {
+    local uptime
+    read -r uptime _ < /proc/uptime
+    echo $((10#${uptime/./}))
+}
+
+# True when the lease file says this instance may write now, and (with an argument) its
+# last stored renewal was sent at or after that time (hundredths, as now_hundredths).
+lease_valid() {
+    local renewed until
+    { read -r renewed until < "$SHOPDB_LEASE_FILE"; } 2> /dev/null || return 1
+    [[ "$renewed" =~ ^[0-9]+$ && "$until" =~ ^[0-9]+$ ]] || return 1
+    ((until > $(now_hundredths) && renewed >= ${1:-0}))
 }

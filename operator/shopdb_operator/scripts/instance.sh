@@ -195,6 +195,31 @@ hold_before_primary_start() {
     sleep "$hold"
 }
 
+# A primary starts (or starts again, after a fence) only once its instance-agent has stored a
+# renewal of the primary lease sent after this wait began: a lease renewed before a crash,
+# or one the operator has handed to another instance since, never lets it write. Without a
+# lease file (outside Kubernetes) there is nothing to wait for.
+wait_for_primary_lease() {
+    [[ -n "$SHOPDB_LEASE_FILE" ]] || return 0
+    local since
+    since=$(now_hundredths)
+    if ! lease_valid "$since"; then
+        local why=""
+        [[ -s "$SHOPDB_FENCE_FILE" ]] && why=" (fenced: $(head -c 300 "$SHOPDB_FENCE_FILE"))"
+        log "waiting for the instance-agent to renew the primary lease: this instance starts writable only while it holds it$why"
+        until lease_valid "$since"; do sleep 0.5; done
+    fi
+    rm -f "$SHOPDB_FENCE_FILE"
+    log "the primary lease is held: starting as primary"
+}
+
+# Watches the lease for the postmaster this shell becomes (fence.sh); detached, so that the
+# pod's pause process (shared PID namespace) reaps it, never PostgreSQL.
+start_fence_watcher() {
+    [[ -n "$SHOPDB_LEASE_FILE" ]] || return 0
+    (bash "$SCRIPTS_DIR/fence.sh" watch "$$" < /dev/null &)
+}
+
 wait_for_primary() {
     local deadline=$((SECONDS + SHOPDB_PRIMARY_WAIT_SECONDS)) state
     while true; do
@@ -322,14 +347,15 @@ main() {
     local role="${SHOPDB_ROLE:-}"
     if [[ "$role" == primary ]]; then
         if has_data "$PGDATA"; then
-            hold_before_primary_start; start_as_primary
+            hold_before_primary_start; wait_for_primary_lease; start_as_primary
         elif [[ -n "${SHOPDB_RECOVERY_STANZA:-}" ]]; then
-            bootstrap_from_backup
+            wait_for_primary_lease; bootstrap_from_backup
         else
-            bootstrap_primary
+            wait_for_primary_lease; bootstrap_primary
         fi
     else
         [[ "$role" == replica ]] || log "recorded role '${role}' is neither primary nor replica: starting read-only"
+        rm -f "$SHOPDB_FENCE_FILE"
         if ! has_data "$PGDATA"; then
             clone_from_primary
         elif [[ ! -f "$PGDATA/standby.signal" ]]; then
@@ -340,6 +366,7 @@ main() {
     fi
 
     log "starting postgres as ${role:-replica} on port $SHOPDB_PORT"
+    start_fence_watcher
     exec postgres -D "$PGDATA" \
         -c config_file="$CONFIG_FILE" \
         -c hba_file="$HBA_FILE" \

@@ -3,8 +3,9 @@
 #   startup: the server accepts connections (crash recovery and replica catch-up are done).
 #   live:    the postmaster answers at all (also while starting or shutting down), so a long
 #            recovery is never killed.
-#   ready:   a primary accepts writes; a replica streams and lags at most
-#            SHOPDB_READY_MAX_LAG_BYTES behind what its primary last reported.
+#   ready:   a primary accepts writes (and is not fenced: it lost the primary lease); a
+#            replica streams and lags at most SHOPDB_READY_MAX_LAG_BYTES behind what its
+#            primary last reported.
 # The role is read from the server, not from SHOPDB_ROLE, which is stale after a promotion.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -17,6 +18,10 @@ is_ready_answer() {
 
 ready() {
     local max_lag="${SHOPDB_READY_MAX_LAG_BYTES:-16777216}" verdict
+    if [[ -s "$SHOPDB_FENCE_FILE" ]]; then
+        echo "not ready: fenced: $(head -c 300 "$SHOPDB_FENCE_FILE")"
+        return 1
+    fi
     [[ "$max_lag" =~ ^[0-9]+$ ]] || { echo "SHOPDB_READY_MAX_LAG_BYTES is not a number"; return 1; }
     verdict=$(local_psql -c "
         SELECT CASE
