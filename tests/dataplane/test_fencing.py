@@ -1,8 +1,8 @@
 """The database container's side of the primary lease, with real PostgreSQL processes:
 instance.sh starts a primary only after a renewal stored since it began waiting, and
 fence.sh stops a primary whose lease file runs out (a fast shutdown: the open session ends,
-new connections are refused), with one log line and the readiness probe saying why; a
-standby is never fenced.
+new connections are refused), with one log line and the probes saying why; a standby is
+never fenced.
 
 The lease file is written here by hand, in the format the instance-agent writes it
 (fencing/agent.py lease_file_line): this is the protocol between the two containers. The
@@ -106,6 +106,8 @@ def test_a_primary_starts_only_with_the_lease_and_fences_itself_when_it_runs_out
         wait_until(lambda: a.log_text().count("waiting for the instance-agent") == 2, 30, message="the second wait")
         time.sleep(1.5)
         assert refused(a)
+        startup = a.probe("startup")  # (the only probe the kubelet runs while it waits)
+        assert startup.returncode != 0 and "fenced" in startup.stdout
         write_lease(lease_a, boottime(), boottime() + 600)  # the lease is held again: the fence lifts
         a.wait_ready()
         execute(a, "INSERT INTO t VALUES (2)")

@@ -206,14 +206,11 @@ def signal_processes(pids: list[int], signal: str) -> None:
     subprocess.run(["kill", f"-{signal}", *map(str, pids)], capture_output=True, timeout=10)  # gone ones: fine
 
 
-class Freezer:
-    """Every process of a container stopped with SIGSTOP, as a primary hung on its storage or
-    starved of CPU: TCP handshakes still complete (the kernel answers them), nothing else
-    does. A fenced (deleted) pod is still killed: SIGKILL ends stopped processes."""
+class Stopped:
+    """Processes stopped with SIGSTOP by freeze() and continued by thaw()."""
 
-    def __init__(self, kubectl, namespace: str, pod: str, container: str = "postgres"):
-        self.pids = container_processes(kubectl, namespace, pod, container)
-        self.frozen = False
+    def __init__(self, pids: list[int]):
+        self.pids, self.frozen = pids, False
 
     def freeze(self) -> None:
         signal_processes(self.pids, "STOP")
@@ -223,6 +220,15 @@ class Freezer:
         if self.frozen:
             signal_processes(self.pids, "CONT")
             self.frozen = False
+
+
+class Freezer(Stopped):
+    """Every process of a container stopped, as a primary hung on its storage or starved of
+    CPU: TCP handshakes still complete (the kernel answers them), nothing else does. A
+    fenced (deleted) pod is still killed: SIGKILL ends stopped processes."""
+
+    def __init__(self, kubectl, namespace: str, pod: str, container: str = "postgres"):
+        super().__init__(container_processes(kubectl, namespace, pod, container))
 
 
 def in_pod_network(kubectl, namespace: str, pod: str, container: str, *command: str) -> None:
@@ -280,24 +286,15 @@ def control_plane_cut(kubectl, namespace: str, pod: str, from_operator: bool) ->
     return PodNetworkCut(kubectl, namespace, pod, "instance-agent", rules)
 
 
-class FrozenKubelet:
-    """The node's kubelet stopped with SIGSTOP (this host is the local cluster's node): pods
-    keep running, but nothing reports them, probes them, or carries out their deletion."""
+class FrozenKubelet(Stopped):
+    """The node's kubelet, to be stopped (this host is the local cluster's node): pods keep
+    running, but nothing reports them, probes them, or carries out their deletion."""
 
     def __init__(self):
         proc = subprocess.run(["pgrep", "-x", "kubelet"], capture_output=True, text=True, timeout=10)
-        self.pids = [int(p) for p in proc.stdout.split()]
-        assert self.pids, "no kubelet process on this host (the local cluster's node)"
-        self.frozen = False
-
-    def freeze(self) -> None:
-        signal_processes(self.pids, "STOP")
-        self.frozen = True
-
-    def thaw(self) -> None:
-        if self.frozen:
-            signal_processes(self.pids, "CONT")
-            self.frozen = False
+        pids = [int(p) for p in proc.stdout.split()]
+        assert pids, "no kubelet process on this host (the local cluster's node)"
+        super().__init__(pids)
 
 
 def node_log_lines(namespace: str, pod: str, uid: str, container: str, needle: str) -> list[tuple[float, str]]:

@@ -411,8 +411,8 @@ def test_a_primary_cut_off_from_the_api_server_alone_is_failed_over(kubectl, clu
 
 def test_with_failover_off_a_fenced_primary_says_so_and_resumes_when_the_cut_heals(kubectl, clusters):
     """Failover off, so that nothing but the lease decides: the primary cut off from the API
-    server stops taking writes, and says why in its readiness, the PrimaryFenced condition
-    and a Warning Event; once the cut heals, its agent renews the lease and it is writable
+    server stops taking writes, and says why in its probes (the pod is not Ready), the
+    PrimaryFenced condition and a Warning Event; once the cut heals, its agent renews the lease and it is writable
     again, as the same primary, with every acknowledged write."""
     view = clusters["async"]
     namespace, old = view.namespace, view.primary()
@@ -438,9 +438,13 @@ def test_with_failover_off_a_fenced_primary_says_so_and_resumes_when_the_cut_hea
 
         condition = wait_for(fenced_condition, 60, "the PrimaryFenced condition", interval=0.5)
         wait_for(lambda: events(kubectl, namespace, "PrimaryFenced"), 30, "the PrimaryFenced Warning Event")
+        # the readiness probe, and the startup probe of the container waiting to start again
         unready = wait_for(lambda: [e["message"] for e in kubectl.json(
             "-n", namespace, "get", "events", "--field-selector", f"involvedObject.name={old}-0,reason=Unhealthy")
-            ["items"] if "fenced" in e["message"]], 60, "the readiness probe saying fenced", interval=1)
+            ["items"] if "fenced" in e["message"]], 60, "the probes saying fenced", interval=1)
+        ready = next(c for c in kubectl.json("-n", namespace, "get", "pod", f"{old}-0")["status"]["conditions"]
+                     if c["type"] == "Ready")
+        assert ready["status"] == "False"
         assert writer.acked_after(cut_at + refused_after + 0.5) == 0
         cut.heal()
         healed_at = time.monotonic()
@@ -452,7 +456,7 @@ def test_with_failover_off_a_fenced_primary_says_so_and_resumes_when_the_cut_hea
         writer.stop()
         patch_failover(kubectl, namespace, enabled=None)
     print(f"API server cut off from {old}, failover off: writes refused {refused_after:.1f} s after the cut; "
-          f"condition: {condition['message'][:120]!r}; readiness: {unready[0][:100]!r}; writable again "
+          f"condition: {condition['message'][:120]!r}; probe: {unready[0][:100]!r}; writable again "
           f"{resumed_after:.1f} s after the cut healed")
     assert refused_after <= LEASE_DURATION - FENCE_MARGIN + 1
     assert condition["reason"] == "LeaseExpired" and old in condition["message"]

@@ -293,8 +293,10 @@ def report_fence(kube: Kube, memory: Memory, name: str, namespace: str, lease: d
                    f"{lease.get('expiresAt')}): it refuses writes until it renews it, or a failover hands the "
                    f"lease to another instance")
         post_event("Warning", "PrimaryFenced", message)
-    else:
+    elif lease.get("holder"):
         reason, message = "LeaseHeld", f"{holder} holds the primary lease"
+    else:
+        reason, message = "NoLease", "the primary lease does not exist yet"
     stamp = decide.timestamp(now)
     kube.update_status(f"{GROUP}/{VERSION}", KIND, namespace, name, {},
                        lambda live, gen: set_condition(live, PRIMARY_FENCED, state[0], reason, message, gen, stamp))

@@ -15,6 +15,13 @@ HBA_FILE="$SHOPDB_CONFIG_DIR/pg_hba.conf"
 BOOTSTRAP_SOCKET_DIR="$SHOPDB_RUN_DIR/bootstrap"
 SLOT_NAME_PATTERN='^[a-z0-9_]{1,63}$'
 
+# A sleep the pod's stop signal cuts short: bash runs a trap only once its foreground command
+# ends, but `wait` returns at once. A fenced or deleted pod waiting to start stops in a blink.
+pause() {
+    sleep "$1" &
+    wait $!
+}
+
 has_data() {
     [[ -f "$1/PG_VERSION" ]]
 }
@@ -192,7 +199,7 @@ hold_before_primary_start() {
     [[ "$hold" =~ ^[0-9]+$ ]] || die "invalid SHOPDB_PRIMARY_START_HOLD_SECONDS '$hold'"
     ((hold > 0)) || return 0
     log "recorded primary restarting on existing data: holding ${hold}s for the operator's failover decision"
-    sleep "$hold"
+    pause "$hold"
 }
 
 # A primary starts (or starts again, after a fence) only once its instance-agent has stored a
@@ -207,7 +214,7 @@ wait_for_primary_lease() {
         local why=""
         [[ -s "$SHOPDB_FENCE_FILE" ]] && why=" (fenced: $(head -c 300 "$SHOPDB_FENCE_FILE"))"
         log "waiting for the instance-agent to renew the primary lease: this instance starts writable only while it holds it$why"
-        until lease_valid "$since"; do sleep 0.5; done
+        until lease_valid "$since"; do pause 0.5; done
     fi
     rm -f "$SHOPDB_FENCE_FILE"
     log "the primary lease is held: starting as primary"
@@ -226,7 +233,7 @@ wait_for_primary() {
         state=$(primary_psql -c 'SELECT pg_is_in_recovery()' 2>/dev/null || true)
         [[ "$state" == f ]] && return 0
         ((SECONDS < deadline)) || return 1
-        sleep 2
+        pause 2
     done
 }
 
@@ -334,6 +341,8 @@ main() {
         SHOPDB_REPLICATION_PASSWORD SHOPDB_DATABASE SHOPDB_OWNER SHOPDB_OWNER_PASSWORD
     [[ "$SHOPDB_SLOT" =~ $SLOT_NAME_PATTERN ]] || die "invalid SHOPDB_SLOT '$SHOPDB_SLOT'"
     [[ -f "$CONFIG_FILE" && -f "$HBA_FILE" ]] || die "missing $CONFIG_FILE or $HBA_FILE"
+    # Until exec, a stop signal ends the start (the EXIT trap of a private server stops it).
+    trap 'log "stop signal before the server started: exiting"; exit 143' INT TERM
     prepare_run_dir
     rm -rf "$PGDATA.initdb" "$PGDATA.clone" "$PGDATA.restore"
     if [[ "${SHOPDB_BACKUP:-}" == true || -n "${SHOPDB_RECOVERY_STANZA:-}" ]]; then

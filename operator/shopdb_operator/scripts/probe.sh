@@ -1,6 +1,7 @@
 #!/bin/bash
 # Kubernetes probes for the database container: probe.sh startup|ready|live (exit 0 = ok).
-#   startup: the server accepts connections (crash recovery and replica catch-up are done).
+#   startup: the server accepts connections (crash recovery and replica catch-up are done),
+#            and it is not a fenced primary waiting for the primary lease.
 #   live:    the postmaster answers at all (also while starting or shutting down), so a long
 #            recovery is never killed.
 #   ready:   a primary accepts writes (and is not fenced: it lost the primary lease); a
@@ -16,12 +17,16 @@ is_ready_answer() {
     pg_isready -q -h "$SHOPDB_RUN_DIR" -p "$SHOPDB_PORT" -t "$PGCONNECT_TIMEOUT"
 }
 
+# A primary that lost the primary lease says so (fence.sh or the instance-agent wrote why),
+# also while it waits to start again: only the startup probe runs then.
+fenced() {
+    [[ -s "$SHOPDB_FENCE_FILE" ]] || return 1
+    echo "fenced: $(head -c 300 "$SHOPDB_FENCE_FILE")"
+}
+
 ready() {
     local max_lag="${SHOPDB_READY_MAX_LAG_BYTES:-16777216}" verdict
-    if [[ -s "$SHOPDB_FENCE_FILE" ]]; then
-        echo "not ready: fenced: $(head -c 300 "$SHOPDB_FENCE_FILE")"
-        return 1
-    fi
+    fenced && return 1
     [[ "$max_lag" =~ ^[0-9]+$ ]] || { echo "SHOPDB_READY_MAX_LAG_BYTES is not a number"; return 1; }
     verdict=$(local_psql -c "
         SELECT CASE
@@ -40,7 +45,7 @@ ready() {
 }
 
 case "${1:-}" in
-    startup) is_ready_answer ;;
+    startup) fenced && exit 1; is_ready_answer ;;
     live)
         is_ready_answer
         # 1 = the server answers but rejects connections (starting up, shutting down).
