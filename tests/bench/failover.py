@@ -4,8 +4,11 @@ PgBouncer, with, for each and as median and maximum:
 - detect:  from the fault to the operator starting the failover (status.failover.startedAt)
 - promote: from the fault to the promote step recorded (the new primary is writable)
 - done:    from the fault to the failover completed (PgBouncer released)
-- RTO:     from the fault to the first acknowledged write through PgBouncer after it
-           (the longest gap between two acknowledged writes)
+- RTO:     the longest gap between two acknowledged writes through PgBouncer from the fault
+           on (from the fault itself when the old primary stops writing at once)
+- back:    from the fault to the first acknowledged write on the new primary (after the
+           promotion); later than the RTO's end when the old primary went on writing for a
+           while (a node cut off from the control plane, until its lease fences it)
 - RPO:     acknowledged writes missing afterwards
 - rejoin:  from the fault to every instance (the old primary too) streaming again
 
@@ -110,8 +113,10 @@ def one_failover(kubectl: Kubectl, view: ClusterView, fault: str, run: int) -> d
     started = wall(entry["startedAt"])
     promoted = wall(entry["startedAt"]) + sum(seconds for step, seconds in entry["stepSeconds"].items()
                                                if step in ("choose", "fence", "promote"))
+    back = r.writer.first_ack_after(r.fault_at + promoted - fault_wall)
     return {"from": r.old, "to": r.new, "detect": started - fault_wall, "promote": promoted - fault_wall,
             "done": wall(entry["finishedAt"]) - fault_wall, "rto": r.longest_gap(),
+            "back": promoted - fault_wall + (back if back is not None else float("nan")),
             "rpo": len(r.writer.lost()), "errors": len(r.writer.failures), "rejoin": r.rejoined_after,
             "steps": entry["stepSeconds"]}
 
@@ -132,7 +137,7 @@ def main() -> int:
         install_operator(kubectl, images)
         view = create_cluster(kubectl, images)
         results = []
-        columns = ("detect", "promote", "done", "rto", "rpo", "errors", "rejoin")
+        columns = ("detect", "promote", "done", "rto", "back", "rpo", "errors", "rejoin")
         print(f"{'run':>3} {'from':>8} {'to':>8} " + " ".join(f"{c:>8}" for c in columns) + "  steps (s)")
         for run in range(1, args.runs + 1):
             r = one_failover(kubectl, view, args.fault, run)

@@ -136,6 +136,17 @@ def test_a_fresh_agent_without_a_renewal_fences_a_running_primary():
     assert agent.lease_file_line(state) == "0 0\n"
 
 
+def test_a_standby_polls_fast_only_while_the_holder_is_silent():
+    def other(silent):
+        return agent.Attempt(1.0, agent.OTHER_HOLDER, holder="shop-1", holder_silent_for=silent)
+
+    assert agent.next_attempt_in(other(1.5), 2.0) == 2.0  # renewed moments ago
+    assert agent.next_attempt_in(other(4.5), 2.0) == 0.5  # two renewals missed: a handover may come
+    assert agent.next_attempt_in(other(None), 2.0) == 2.0
+    assert agent.next_attempt_in(stored(1.0), 2.0) == 2.0
+    assert agent.next_attempt_in(agent.Attempt(1.0, agent.NO_ANSWER), 2.0) == 2.0
+
+
 # --- the failover's rules ----------------------------------------------------------------------
 
 def lease_obj(holder: str, renewed: datetime.datetime, acquired: datetime.datetime | None = None,

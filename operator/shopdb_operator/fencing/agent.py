@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from .lease import Timing
 
 STORED, OTHER_HOLDER, NO_ANSWER = "stored", "other-holder", "no-answer"
+QUICK_POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Attempt:
     timing: Timing | None = None  # what a stored renewal promised
     holder: str = ""  # the lease's holder, when it was read
     error: str = ""  # why there was no answer (no secrets: a status code or a class name)
+    holder_silent_for: float | None = None  # another holder: seconds since its last renewal (wall clocks)
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,17 @@ def verdict(state: AgentState, now: float, primary_running: bool) -> tuple[Agent
     if state.fenced:
         return state, "fence", ""  # again (a postmaster started meanwhile): logged once already
     return replace(state, fenced=reason), "fence", f"fencing this primary: {reason}; stopping PostgreSQL (fast shutdown)"
+
+
+def next_attempt_in(attempt: Attempt, interval: float) -> float:
+    """Seconds until the next attempt: every renewal interval, but every QUICK_POLL_SECONDS
+    while another holder has gone silent for more than two intervals. A failover is then
+    likely, and the promoted instance's agent must renew the lease handed to it before the
+    operator promotes it: polling fast there shortens the failover by up to an interval."""
+    silent = attempt.holder_silent_for
+    if attempt.outcome == OTHER_HOLDER and silent is not None and silent > 2 * interval:
+        return min(QUICK_POLL_SECONDS, interval)
+    return interval
 
 
 def lease_file_line(state: AgentState) -> str:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import agent
-from .lease import API_VERSION, Timing, holder, renewal_patch, wanted_timing
+from .lease import API_VERSION, Timing, holder, parse_time, renew_time, renewal_patch, wanted_timing
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 TICK_SECONDS = 0.5
@@ -112,7 +112,10 @@ def attempt(api: ApiServer, me: str, timeout: float) -> agent.Attempt:
             return agent.Attempt(sent, agent.NO_ANSWER, error=f"GET lease: HTTP {status}")
         owner = holder(lease)
         if owner != me:
-            return agent.Attempt(sent, agent.OTHER_HOLDER, holder=owner or "nobody")
+            renewed = renew_time(lease)
+            silent = (datetime.datetime.now(datetime.timezone.utc) - parse_time(renewed)).total_seconds() \
+                if renewed else None
+            return agent.Attempt(sent, agent.OTHER_HOLDER, holder=owner or "nobody", holder_silent_for=silent)
         timing = wanted_timing(lease, DEFAULT_TIMING)
         sent = boottime()  # the deadline counts from the renewal itself
         now = datetime.datetime.now(datetime.timezone.utc)
@@ -179,7 +182,7 @@ def run(settings: Settings, api: ApiServer, postmaster: Postmaster, stop: list[b
             state = agent.after(state, result)
             if result.timing is not None:
                 interval = result.timing.renew_interval
-            next_attempt = result.sent_at + interval
+            next_attempt = result.sent_at + agent.next_attempt_in(result, interval)
             write_lease_file(settings.lease_file, state)
             if state.error != last_error:  # one line per change, not one per attempt
                 if state.error:
