@@ -46,6 +46,10 @@ HOLD_AFTER_STEP_ENV = "SHOPDB_TEST_HOLD_AFTER_STEP"  # tests only: see _hold_for
 # lease running out (duration + skew, 9 s by default) without the gap of another check.
 WAIT_IN_CHECK_SECONDS = 12
 WAIT_POLL_SECONDS = 0.25
+# Steps after which the next one can use the observations taken after the promotion: the
+# relabel reads none, the repoint reads the standbys as promoted, and the PgBouncer release
+# none. Observing costs up to PORT_CHECK_SECONDS when the old primary's address is dead.
+OBSERVED_ENOUGH_AFTER = (decide.RELABEL, decide.REPOINT)
 HEALTH_REFRESH_SECONDS = 10  # status.health is rewritten at least this often, or on a change
 
 log = logging.getLogger(__name__)
@@ -179,6 +183,8 @@ def run_failover(kube: Kube, actor: Actor, state: dict, name: str, namespace: st
             time.sleep(WAIT_POLL_SECONDS)
         elif result.step is None or result.completed:
             break
+        elif result.step in OBSERVED_ENOUGH_AFTER:
+            continue
         check = observe(kube, name, namespace, check.spec, check.status, check.annotations, password)
         actor.check = check
     return state
