@@ -51,8 +51,11 @@ pgpass_field() {
 # tcp_user_timeout bounds the TCP handshake too: the walreceiver ignores connect_timeout,
 # and right after a failover the -rw address may still lead to the vanished old primary's
 # pod for a moment (kube-proxy catching up), where a SYN waits for minutes otherwise.
+# Keepalives end a connection whose peer vanished while this side waits for an answer
+# (tcp_user_timeout covers unacknowledged data only): pg_rewind and pg_basebackup have no
+# timeout of their own and would wait forever.
 primary_conninfo() {
-    printf 'host=%s port=%s user=%s dbname=%s connect_timeout=%s tcp_user_timeout=5000 application_name=%s' \
+    printf 'host=%s port=%s user=%s dbname=%s connect_timeout=%s tcp_user_timeout=5000 keepalives=1 keepalives_idle=10 keepalives_interval=3 keepalives_count=3 application_name=%s' \
         "$SHOPDB_PRIMARY_HOST" "$SHOPDB_PRIMARY_PORT" "$1" "${2:-postgres}" \
         "$PGCONNECT_TIMEOUT" "${SHOPDB_INSTANCE:-shopdb}"
 }
