@@ -31,7 +31,33 @@ def test_pools_must_fit_max_connections():
 
 
 def test_integer_setting_must_be_a_number():
-    assert "max_connections: 'many' is not a whole number" in problems({"postgres": {"parameters": {"max_connections": "many"}}})
+    assert ("spec.postgres.parameters.max_connections: 'many' is not valid (it is not a number); "
+            "allowed: a whole number from 1 to 262143") in problems({"postgres": {"parameters": {"max_connections": "many"}}})
+
+
+def test_without_a_settings_table_integers_are_still_checked():
+    assert "max_connections: 'many' is not a whole number" in problems(
+        {"postgres": {"version": 17, "parameters": {"max_connections": "many"}}})
+    assert parse_spec({"postgres": {"version": 17, "parameters": {"work_mem": "banana"}}})  # the reload check catches it
+
+
+def test_shared_buffers_must_fit_the_smaller_role():
+    text = problems({"postgres": {"parameters": {"shared_buffers": "64GB"},
+                                  "resources": {"primary": {"memory": "256Mi"}}}})
+    assert "shared_buffers: 64GB is more than half the primary's memory limit (256Mi)" in text
+    assert "spec.postgres.resources.primary.memory" in text
+    assert parse_spec({"postgres": {"parameters": {"shared_buffers": "8GB"}}})  # replicas have 16Gi
+
+
+def test_work_mem_must_be_below_the_memory_limit():
+    assert "work_mem: 16GB is not below the replica's memory limit (16Gi)" in problems(
+        {"postgres": {"parameters": {"work_mem": "16GB"}}})
+
+
+@pytest.mark.parametrize("field", ["cpu", "memory"])
+def test_resources_must_be_above_zero(field):
+    assert f"spec.postgres.resources.primary.{field}: '0' must be above zero" in problems(
+        {"postgres": {"resources": {"primary": {field: "0"}}}})
 
 
 def test_the_lease_leaves_at_least_three_writable_seconds_per_renewal():

@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic.alias_generators import to_camel
 
-from .quantity import QUANTITY_PATTERN
+from .quantity import QUANTITY_PATTERN, parse_quantity
 
 # A PostgreSQL identifier we create or touch: lower case, no quoting needed.
 SQL_IDENTIFIER_PATTERN = r"^[a-z_][a-z0-9_]{0,62}$"
@@ -50,11 +50,24 @@ def _quantity(default: str, doc: str) -> str:
     return Field(default, description=doc, pattern=QUANTITY_PATTERN)
 
 
+def _positive_quantity(default: str, doc: str) -> str:
+    return Field(default, description=doc, pattern=QUANTITY_PATTERN, json_schema_extra={
+        "x-kubernetes-validations": [{"rule": "quantity(self).isGreaterThan(quantity('0'))",
+                                      "message": "must be above zero"}]})
+
+
 class ComputeResources(_Model):
     """CPU and memory for one container; used as both request and limit (Guaranteed QoS)."""
 
-    cpu: str = _quantity("1", "CPU cores, e.g. '4' or '500m'.")
-    memory: str = _quantity("1Gi", "Memory, e.g. '16Gi'.")
+    cpu: str = _positive_quantity("1", "CPU cores, e.g. '4' or '500m'.")
+    memory: str = _positive_quantity("1Gi", "Memory, e.g. '16Gi'.")
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _above_zero(cls, value: str) -> str:
+        if parse_quantity(value) <= 0:
+            raise ValueError(f"{value!r} must be above zero")
+        return value
 
 
 class PostgresResources(_Model):

@@ -10,16 +10,22 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from .quantity import QUANTITY_PATTERN, parse_quantity
+from .. import pgsettings
+from .quantity import QUANTITY_PATTERN, parse_quantity, to_bytes
 from .spec import CIDR_PATTERN, CRON_PATTERN, REPLICA_NAME_PATTERN, SQL_IDENTIFIER_PATTERN, ClusterSpec
 
 RESERVED_CONNECTIONS = 20  # superuser, replication, the operator, maintenance Jobs
 
 _CRON_RANGES = [("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12),
                 ("day of week", 0, 7)]
+# Without a settings table for the major version, at least these must be whole numbers.
 _INTEGER_PARAMETERS = {"max_connections", "max_worker_processes", "max_parallel_workers",
                        "max_parallel_workers_per_gather", "autovacuum_max_workers",
                        "default_statistics_target", "max_locks_per_transaction"}
+# Memory one query or one maintenance task may take: each must stay below the instance's.
+_PER_TASK_MEMORY = ("work_mem", "maintenance_work_mem", "autovacuum_work_mem", "logical_decoding_work_mem",
+                    "temp_buffers")
+SHARED_BUFFERS_MAX_SHARE = 0.5  # the rest: connections, work_mem, maintenance, the page cache
 
 
 class InvalidSpec(Exception):
@@ -62,11 +68,36 @@ def max_connections(spec: ClusterSpec) -> int:
     return int(spec.postgres.parameters.get("max_connections", "500"))
 
 
+def parameter_problems(spec: ClusterSpec) -> list[str]:
+    """Each parameter the instances' PostgreSQL would refuse (its own settings table for the
+    major version: type, unit, range, enum values), and values that do not fit the memory."""
+    parameters = spec.postgres.parameters
+    major = spec.postgres.version
+    if pgsettings.table(major) is None:
+        problems = [f"{name}: {value!r} is not a whole number" for name, value in parameters.items()
+                    if name in _INTEGER_PARAMETERS and not value.isdigit()]
+    else:
+        problems = pgsettings.parameter_problems(major, parameters)
+    if problems:
+        return [f"spec.postgres.parameters.{p}" for p in problems]
+    roles = spec.postgres.resources
+    memory, role = min((to_bytes(roles.primary.memory), "primary"), (to_bytes(roles.replica.memory), "replica"))
+    limit = getattr(roles, role).memory
+    shared = pgsettings.in_bytes(major, "shared_buffers", parameters.get("shared_buffers", "0"))
+    if shared and shared > memory * SHARED_BUFFERS_MAX_SHARE:
+        problems.append(f"spec.postgres.parameters.shared_buffers: {parameters['shared_buffers']} is more than half "
+                        f"the {role}'s memory limit ({limit}); PostgreSQL would not start, or be killed "
+                        f"when it runs out of memory; lower it or raise spec.postgres.resources.{role}.memory")
+    for name in _PER_TASK_MEMORY:
+        amount = pgsettings.in_bytes(major, name, parameters.get(name, "0"))
+        if amount and amount >= memory:
+            problems.append(f"spec.postgres.parameters.{name}: {parameters[name]} is not below the {role}'s "
+                            f"memory limit ({limit})")
+    return problems
+
+
 def semantic_problems(spec: ClusterSpec) -> list[str]:
-    problems: list[str] = []
-    for name, value in spec.postgres.parameters.items():
-        if name in _INTEGER_PARAMETERS and not value.isdigit():
-            problems.append(f"spec.postgres.parameters.{name}: {value!r} is not a whole number")
+    problems = parameter_problems(spec)
     if problems:
         return problems
     if spec.failover.enabled and not spec.promotable_replicas:
