@@ -4,7 +4,10 @@
 -- Monthly partitions of `orders` are created ahead of time by
 -- `shopdb-operator maintain partitions`; until its first run, and for any row outside the
 -- prepared months, orders_default keeps inserts from failing (the command later moves
--- such rows into their month's partition).
+-- such rows into their month's partition, their order_items with them: PostgreSQL cannot
+-- move a referenced row between partitions while its references stay, even with a deferred
+-- check, so the foreign key to orders needs no DEFERRABLE; a table referencing order_items
+-- would: its rows stay, and are checked at the end of the move).
 -- Months are UTC months: the maintenance command works in UTC.
 
 CREATE TABLE shops (
