@@ -4,7 +4,7 @@
 #
 #   build-k8s.sh OUTDIR
 #
-# Env: K8S_VERSION (v1.32.x), K8S_GO_TOOLCHAIN (Go toolchain to build with).
+# Env: K8S_VERSION (v1.MINOR.PATCH), K8S_GO_TOOLCHAIN (Go toolchain to build with).
 set -euo pipefail
 K8S_VERSION=${K8S_VERSION:?}
 OUT=${1:?outdir}
@@ -17,18 +17,29 @@ export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=${K8S_GO_TOOLCHAIN:-auto}
 
 # Every staging module that k8s.io/kubernetes replaces with ./staging/src/...
 # gets replaced with its published release of the same patch level.
-go mod download -json "k8s.io/kubernetes@${K8S_VERSION}" >/dev/null
+go mod download -json "k8s.io/kubernetes@${K8S_VERSION}" > download.json \
+  || { cat download.json >&2; echo "(is K8S_GO_TOOLCHAIN the release's .go-version?)" >&2; exit 1; }
 KDIR=$(go env GOMODCACHE)/k8s.io/kubernetes@${K8S_VERSION}
 mapfile -t STAGING < <(sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\1#p' "$KDIR/go.mod")
 [ "${#STAGING[@]}" -ge 29 ] || { echo "expected >=29 staging modules, got ${#STAGING[@]}" >&2; exit 1; }
+# Build with the release's own Go (its .go-version), as upstream does.
+WANT_GO=go$(cat "$KDIR/.go-version" 2>/dev/null || true)
+if [ -n "${K8S_GO_TOOLCHAIN:-}" ] && [ "$WANT_GO" != go ] && [ "$K8S_GO_TOOLCHAIN" != "$WANT_GO" ]; then
+  echo "K8S_GO_TOOLCHAIN=$K8S_GO_TOOLCHAIN, but $K8S_VERSION's .go-version says $WANT_GO" >&2; exit 1
+fi
+
+# The wrapper declares the same language version and GODEBUG defaults as upstream's
+# own go.mod (v1.34: "go 1.24.0", "godebug default=go1.24").
+GO_DIRECTIVE=$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$KDIR/go.mod")
+GODEBUG_LINE=$(grep -E '^godebug ' "$KDIR/go.mod" || true)
+[ -n "$GO_DIRECTIVE" ] || { echo "no go directive in $KDIR/go.mod" >&2; exit 1; }
 
 {
   echo "module shopdb.local/k8sbuild"
   echo
-  echo "go 1.23.0"
+  echo "go ${GO_DIRECTIVE}"
   echo
-  echo "godebug default=go1.23"   # same GODEBUG defaults as upstream's own go.mod
-  echo
+  [ -z "$GODEBUG_LINE" ] || { echo "$GODEBUG_LINE"; echo; }
   echo "require k8s.io/kubernetes ${K8S_VERSION}"
   echo
   echo "replace ("

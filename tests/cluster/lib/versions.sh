@@ -1,12 +1,14 @@
 # shellcheck shell=bash disable=SC2034
 # Pinned versions for the local cluster (sourced by localkube and lib/*.sh).
-# k8s: latest v1.32 patch for which the Go module proxy has k8s.io/kubernetes AND every
-# staging module at the matching v0.32.x (v1.32.10-13 each lack one, e.g.
-# k8s.io/endpointslice@v0.32.13). Toolchain = that release's own .go-version.
-K8S_VERSION=${K8S_VERSION:-v1.32.9}
-K8S_GO_TOOLCHAIN=${K8S_GO_TOOLCHAIN:-go1.23.12}
-COREDNS_VERSION=v1.11.3          # the CoreDNS that Kubernetes 1.32 ships with
-HELM_VERSION=v3.17.4             # built against k8s.io/* v0.32
+# k8s: v1.34.4 is the newest v1.34 k8s.io/kubernetes on the Go module proxy reachable here
+# (it has v1.34.0, v1.34.2-4, then v1.35.4), and the only one of them with every staging
+# module at its matching v0.34.x (k8s.io/endpointslice starts at v0.34.4). v1.34 is the last
+# minor whose kubelet runs on cgroup v1 without `failCgroupV1: false`. Toolchain = that
+# release's own .go-version (build-k8s.sh refuses any other), fetched as golang.org/toolchain.
+K8S_VERSION=${K8S_VERSION:-v1.34.4}
+K8S_GO_TOOLCHAIN=${K8S_GO_TOOLCHAIN:-go1.24.12}
+COREDNS_VERSION=v1.11.3          # Kubernetes 1.32's CoreDNS; 1.34 ships v1.12.1, v1.11.3 still serves it
+HELM_VERSION=v3.17.4             # built against k8s.io/* v0.32; fine against a v1.34 server
 # Debian bookworm package versions used inside the images
 POSTGRES_DEB=15.20-0+deb12u1
 PGBOUNCER_DEB=1.18.0-1+deb12u1
