@@ -146,8 +146,10 @@ def parser() -> argparse.ArgumentParser:
     crd.add_argument("--output", "-o", help="write to this file instead of stdout")
     crd.set_defaults(func=_crd)
 
-    switchover = sub.add_parser("switchover", help="move the primary to another instance without data loss "
-                                                   "(the same as annotating shopdb.io/switchover-to)")
+    switchover = sub.add_parser("switchover", aliases=["promote"],
+                                help="move the primary to another instance without data loss (the same as "
+                                     "annotating shopdb.io/switchover-to); also the go-ahead a supervised "
+                                     "rolling update waits for at the primary's turn")
     switchover.add_argument("name", help="the ShopDatabaseCluster")
     switchover.add_argument("--to", required=True, help="the pool instance to promote, e.g. shop-2")
     switchover.add_argument("--namespace", "-n", default="default")

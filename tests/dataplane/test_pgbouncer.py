@@ -12,7 +12,9 @@ import psycopg
 import pytest
 
 from harness import install_scripts, make_root, private_dir, free_port, require_binaries, run_as_postgres
+from shopdb_operator import postgres
 from shopdb_operator.builders import config_files
+from shopdb_operator.rollout import config as rollout_config
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 
@@ -58,7 +60,7 @@ def pgbouncer(shop_cluster):
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError((root / "pgbouncer.log").read_text())
                 time.sleep(0.2)
-        yield {"port": port, "backends": backends, "admin_password": admin_password, "run_dir": run_dir}
+        yield {"port": port, "backends": backends, "admin_password": admin_password, "run_dir": run_dir, "ini": ini}
     finally:
         process.terminate()
         process.wait(10)
@@ -113,3 +115,38 @@ def test_admin_console_lists_the_routes(pgbouncer):
 def test_auth_file_is_private(pgbouncer):
     mode = (pgbouncer["run_dir"] / "userlist.txt").stat().st_mode & 0o777
     assert mode == 0o600
+
+
+def test_a_new_ini_is_reloaded_without_dropping_a_client(shop_cluster, pgbouncer):
+    """What the operator does on a PgBouncer change: RELOAD, then SHOW CONFIG and SHOW
+    DATABASES say whether it runs with the new file (rollout/config.pgbouncer_loaded)."""
+    ini = pgbouncer["ini"]
+    old = ini.read_text()
+    spec = shop_cluster.primary.spec
+    spec = spec.model_copy(update={"pgbouncer": spec.pgbouncer.model_copy(update={"max_client_conn": 800,
+                                                                                  "primary_pool_size": 20})})
+    new = config_files.pgbouncer_ini(spec,
+                                     pgbouncer["backends"], pgbouncer["port"], listen_addr="127.0.0.1",
+                                     run_dir=str(pgbouncer["run_dir"]))
+    client = through_pgbouncer(pgbouncer, "shop", shop_cluster.credentials.owner)
+    session = client.execute("SELECT 1").fetchone()
+    admin = postgres.pgbouncer_admin("127.0.0.1", pgbouncer["port"], config_files.PGBOUNCER_ADMIN_USER,
+                                     pgbouncer["admin_password"])
+
+    def runs(text: str) -> bool:
+        settings = {str(r["key"]): str(r["value"]) for r in postgres.pgbouncer_show(admin, "CONFIG")}
+        databases = {str(r["name"]): {k: str(v) for k, v in r.items()}
+                     for r in postgres.pgbouncer_show(admin, "DATABASES")}
+        return rollout_config.pgbouncer_loaded(text, settings, databases)
+
+    try:
+        assert runs(old) and not runs(new)
+        ini.write_text(new)
+        admin.execute("RELOAD", prepare=False)
+        assert runs(new) and not runs(old)
+        assert client.execute("SELECT 2").fetchone() == (2,) and session == (1,)  # the same client, still served
+    finally:
+        ini.write_text(old)
+        admin.execute("RELOAD", prepare=False)
+        admin.close()
+        client.close()

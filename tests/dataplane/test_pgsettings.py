@@ -4,10 +4,13 @@ configuration file does, without applying it)."""
 
 from __future__ import annotations
 
+import hashlib
+import time
+
 import psycopg
 import pytest
 
-from shopdb_operator import pgsettings
+from shopdb_operator import pgsettings, postgres
 
 SAMPLES = [
     ("work_mem", "64MB"), ("work_mem", "1.5GB"), ("work_mem", "4096"), ("work_mem", " 8 MB"),
@@ -45,3 +48,40 @@ def test_postgresql_agrees_with_every_verdict(shop_cluster, name, value):
             server_error = str(error).splitlines()[0]
     ours = pgsettings.parameter_problems(15, {name: value})
     assert (server_error is None) == (ours == []), f"PostgreSQL: {server_error}; operator: {ours}"
+
+
+def test_what_a_reload_would_refuse_and_what_waits_for_a_restart(shop_cluster):
+    """The operator's reload checks (postgres.configuration_errors, pending_restart) on a
+    real server: a time zone only its check hook refuses, a value the settings table
+    refuses, a bad pg_hba line, and a setting that only needs a restart."""
+    instance = shop_cluster.analytics
+    conf, hba = instance.config_dir / "postgresql.conf", instance.config_dir / "pg_hba.conf"
+    good_conf, good_hba = conf.read_text(), hba.read_text()
+    try:
+        conf.write_text(good_conf + "timezone = 'Mars/Olympus_Mons'\nshared_buffers = 'banana'\n"
+                        "max_locks_per_transaction = 128\n")
+        hba.write_text(good_hba + "host all all 10.0.0.0/33 scram-sha-256\n")
+        with postgres.connect(**instance.dsn()) as conn:
+            digests = postgres.file_digests(conn, [str(conf), "/nonexistent"])
+            errors = postgres.configuration_errors(conn)
+        assert digests == {str(conf): hashlib.md5(conf.read_bytes()).hexdigest(), "/nonexistent": None}
+        assert len(errors) == 3, errors
+        assert 'timezone: invalid value for parameter "TimeZone": "Mars/Olympus_Mons"' in errors[0]
+        assert "shared_buffers: invalid value 'banana'" in errors[1]
+        assert errors[2].startswith("pg_hba.conf:") and "invalid CIDR mask" in errors[2]
+        conf.write_text(good_conf + "max_locks_per_transaction = 128\nwork_mem = '7MB'\n")
+        hba.write_text(good_hba)
+        with postgres.connect(**instance.dsn()) as conn:
+            assert postgres.configuration_errors(conn) == []
+            before = postgres.configuration_load_time(conn)
+            postgres.reload_configuration(conn)
+        time.sleep(0.5)
+        with postgres.connect(**instance.dsn()) as conn:
+            assert postgres.configuration_load_time(conn) > before
+            assert postgres.pending_restart(conn) == ["max_locks_per_transaction"]
+            assert conn.execute("SHOW work_mem").fetchone()[0] == "7MB"
+    finally:
+        conf.write_text(good_conf)
+        hba.write_text(good_hba)
+        with postgres.connect(**instance.dsn()) as conn:
+            postgres.reload_configuration(conn)

@@ -5,7 +5,7 @@ from contexts import make_context
 from shopdb_operator.builders import desired_objects
 from shopdb_operator.builders.cronjobs import bounded_name, maintenance_cronjobs
 from shopdb_operator.builders.network import postgres_network_policy
-from shopdb_operator.builders.pgbouncer import pgbouncer_backends, pgbouncer_deployment
+from shopdb_operator.builders.pgbouncer import pgbouncer_backends, pgbouncer_config_map, pgbouncer_deployment
 from shopdb_operator.builders.postgres import instance_statefulset
 from shopdb_operator.builders.redis import cache_settings_config_map, redis_conf, redis_deployment
 from shopdb_operator.builders.secrets import (APP_CREDENTIAL, SUPERUSER_CREDENTIAL, credential_secret)
@@ -134,11 +134,12 @@ def test_pgbouncer_routes_point_at_services(ctx):
     assert env["PGBOUNCER_ADMIN_PASSWORD"] == {"secretKeyRef": {"name": "shop-pgbouncer", "key": "password"}}
 
 
-def test_pgbouncer_template_changes_with_its_config():
+def test_pgbouncer_pods_stay_when_its_config_changes():
+    """pgbouncer.ini is reloaded in place (RELOAD keeps the clients): not a new template."""
     a = pgbouncer_deployment(make_context())
     b = pgbouncer_deployment(make_context({"pgbouncer": {"maxClientConn": 500}}))
-    key = "shopdb.io/config-hash"
-    assert a["spec"]["template"]["metadata"]["annotations"][key] != b["spec"]["template"]["metadata"]["annotations"][key]
+    assert a["spec"]["template"] == b["spec"]["template"]
+    assert pgbouncer_config_map(make_context()) != pgbouncer_config_map(make_context({"pgbouncer": {"maxClientConn": 500}}))
 
 
 def test_redis_memory_policy_and_cache_ttls(ctx):

@@ -42,15 +42,27 @@ def kb(value: str) -> int:
 
 def test_memory_is_tuned_from_the_instance_resources():
     conf = settings(config_files.postgresql_conf(spec(), ComputeResources(cpu="8", memory="32Gi"), False))
-    assert conf["shared_buffers"] == "8GB"  # a quarter
+    assert conf["shared_buffers"] == "4GB"  # a quarter of the smaller role's (replicas: 16Gi)
     assert kb(conf["effective_cache_size"]) == 24 * 1024 * 1024
     assert kb(conf["maintenance_work_mem"]) == 2 * 1024 * 1024  # capped
     # 500 connections x 3 sort nodes must fit in what shared_buffers leaves.
-    assert 4 * 1024 <= kb(conf["work_mem"]) <= 24 * 1024 * 1024 // 1500
+    assert 4 * 1024 <= kb(conf["work_mem"]) <= 28 * 1024 * 1024 // 1500
     assert conf["max_parallel_workers"] == "8"
     small = settings(config_files.postgresql_conf(spec(), ComputeResources(cpu="500m", memory="1Gi"), False))
-    assert kb(small["shared_buffers"]) == 256 * 1024
+    assert small["shared_buffers"] == "4GB"
     assert small["max_parallel_workers"] == "1"
+
+
+def test_settings_only_a_restart_changes_are_the_same_in_both_roles():
+    """A failover swaps the roles' resources in place: nothing may then wait for a restart,
+    and a standby needs at least the primary's max_worker_processes."""
+    cluster = spec(resources={"primary": {"cpu": "16", "memory": "2Gi"}, "replica": {"cpu": "2", "memory": "1Gi"}})
+    primary = settings(config_files.postgresql_conf(cluster, cluster.postgres.resources.primary, False))
+    replica = settings(config_files.postgresql_conf(cluster, cluster.postgres.resources.replica, False))
+    assert primary["shared_buffers"] == replica["shared_buffers"] == "256MB"
+    assert primary["max_worker_processes"] == replica["max_worker_processes"] == "16"
+    assert primary["max_parallel_workers"] == "16" and replica["max_parallel_workers"] == "2"
+    assert kb(primary["effective_cache_size"]) == 2 * kb(replica["effective_cache_size"])
 
 
 def test_max_connections_defaults_to_500_and_parameters_override_defaults():

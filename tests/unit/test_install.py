@@ -46,6 +46,7 @@ NAMESPACED_RULES = {
     ("", "persistentvolumeclaims"): {"get", "list", "watch", "patch", "delete"},
     ("", "pods"): {"get", "list", "watch", "patch", "delete"},
     ("", "pods/log"): {"get"},  # what a backup Job reports (pgbackrest info)
+    ("", "pods/resize"): {"patch"},  # resources follow the role in place
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch", "update", "delete"},

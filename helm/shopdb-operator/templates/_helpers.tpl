@@ -77,6 +77,10 @@ scope) or by the per-namespace Roles (namespace scope); manifests/ is rendered f
 - apiGroups: [""]
   resources: [pods/log]
   verbs: [get]
+# a promoted replica takes the primary's resources in place (in-place pod resize), and back
+- apiGroups: [""]
+  resources: [pods/resize]
+  verbs: [patch]
 # kopf and the operator post Events about handlers, failover and errors (core and events.k8s.io APIs).
 - apiGroups: [""]
   resources: [events]

@@ -421,6 +421,40 @@ class BootstrapSpec(_Model):
         None, description="Create the cluster from a backup instead of an empty database (used only at creation).")
 
 
+class PrimaryUpdateMethod(str, Enum):
+    switchover = "switchover"
+    restart = "restart"
+
+
+class PrimaryUpdateStrategy(str, Enum):
+    unsupervised = "unsupervised"
+    supervised = "supervised"
+
+
+class OperatorChanges(str, Enum):
+    rolling = "rolling"
+    deferred = "deferred"
+
+
+class UpdatesSpec(_Model):
+    """How changes that need a restart (settings, image, pod template) roll out: replicas
+    one at a time, each back and streaming before the next, then the primary."""
+
+    primary_update_method: PrimaryUpdateMethod = Field(
+        PrimaryUpdateMethod.switchover,
+        description="switchover: the primary's role moves to the most up-to-date promotable replica (already "
+                    "updated; a pause of writes of seconds), then the old primary restarts as a replica. restart: "
+                    "the primary restarts in place (writes wait until it is back).")
+    primary_update_strategy: PrimaryUpdateStrategy = Field(
+        PrimaryUpdateStrategy.unsupervised,
+        description="supervised: when the primary's turn comes the rollout waits for `shopdb-operator promote "
+                    "NAME --to INSTANCE` (or the shopdb.io/switchover-to annotation).")
+    operator_changes: OperatorChanges = Field(
+        OperatorChanges.rolling,
+        description="deferred: a pod template a new operator version changed (the spec did not) waits for each "
+                    "pod's next restart instead of rolling now.")
+
+
 class ReclaimPolicy(str, Enum):
     retain = "Retain"
     delete = "Delete"
@@ -476,6 +510,7 @@ class ClusterSpec(_Model):
     redis: RedisSpec = Field(default_factory=RedisSpec)
     maintenance: MaintenanceSpec = Field(default_factory=MaintenanceSpec)
     failover: FailoverSpec = Field(default_factory=FailoverSpec)
+    updates: UpdatesSpec = Field(default_factory=UpdatesSpec)
     backup: Optional[BackupSpec] = Field(
         None, description="Continuous WAL archiving and scheduled backups with pgBackRest; none when unset.")
     bootstrap: Optional[BootstrapSpec] = Field(None, description="How a new cluster gets its data.")

@@ -32,8 +32,11 @@ def _size(value: int) -> str:
     return f"{kilobytes}kB"
 
 
-def _memory_settings(memory: int, max_connections: int, analytics: bool) -> dict[str, str]:
-    shared_buffers = memory // 4
+def _memory_settings(memory: int, smallest_memory: int, max_connections: int, analytics: bool) -> dict[str, str]:
+    """`memory` is this instance's role's; shared_buffers, which only a restart changes, comes
+    from the smaller role's, so that a failover (which swaps the roles' resources in place)
+    never needs a restart and fits either role."""
+    shared_buffers = smallest_memory // 4
     # Each connection may use a few work_mem-sized sort/hash nodes at once.
     work_mem = max((memory - shared_buffers) // (max_connections * 3), 4 * _MB)
     if analytics:
@@ -48,11 +51,13 @@ def _memory_settings(memory: int, max_connections: int, analytics: bool) -> dict
     }
 
 
-def _cpu_settings(millicores: int) -> dict[str, str]:
+def _cpu_settings(millicores: int, most_millicores: int) -> dict[str, str]:
+    """max_worker_processes needs a restart, and a standby needs at least the primary's:
+    it comes from the larger role's cores, the rest (reloadable) from this instance's."""
     cores = max(millicores // 1000, 1)
     per_gather = max(min(cores // 2, 4), 1)
     return {
-        "max_worker_processes": str(max(cores, 8)),
+        "max_worker_processes": str(max(most_millicores // 1000, 8)),
         "max_parallel_workers": str(cores),
         "max_parallel_workers_per_gather": str(per_gather),
         "max_parallel_maintenance_workers": str(per_gather),
@@ -123,13 +128,15 @@ def postgresql_conf(
     the archive_* settings when the cluster backs up (archiving is off otherwise).
     """
     max_connections = int(spec.postgres.parameters.get("max_connections", DEFAULT_MAX_CONNECTIONS))
+    roles = (spec.postgres.resources.primary, spec.postgres.resources.replica)
     settings: dict[str, str] = {
         "max_connections": str(max_connections),
         "superuser_reserved_connections": "5",
         "password_encryption": "scram-sha-256",
         "ssl": "off",
-        **_memory_settings(to_bytes(resources.memory), max_connections, analytics),
-        **_cpu_settings(to_millicores(resources.cpu)),
+        **_memory_settings(to_bytes(resources.memory), min(to_bytes(r.memory) for r in roles), max_connections,
+                           analytics),
+        **_cpu_settings(to_millicores(resources.cpu), max(to_millicores(r.cpu) for r in roles)),
         # Network volumes are SSD-like: random reads cost little more than sequential ones.
         "random_page_cost": "1.1",
         "effective_io_concurrency": "200",

@@ -73,8 +73,9 @@ def pgbouncer_deployment(ctx: ClusterContext) -> dict:
             "template": {
                 "metadata": {
                     "labels": pod_labels,
-                    # pgbouncer.ini changes roll the pods: clients reconnect to fresh pools
-                    "annotations": {"shopdb.io/config-hash": content_hash(pgbouncer_config_map(ctx)["data"])},
+                    # pgbouncer.ini is reloaded in place (handlers/rollout.py): only a new
+                    # start script replaces the pods
+                    "annotations": {"shopdb.io/start-script-hash": content_hash(scripts.instance_scripts()[START_SCRIPT])},
                 },
                 "spec": {
                     "automountServiceAccountToken": False,

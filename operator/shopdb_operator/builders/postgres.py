@@ -10,6 +10,7 @@ operator decides when a pod restarts.
 
 from __future__ import annotations
 
+import copy
 import math
 
 from .. import scripts
@@ -17,9 +18,10 @@ from ..api.quantity import to_bytes
 from ..backup import config as backup_config
 from ..backup.volumes import instance_volumes as backup_volumes
 from ..api.spec import ComputeResources
+from ..rollout.rolling import ANNOTATION_SPEC_HASH, ANNOTATION_TEMPLATE_HASH
 from ..topology import PRIMARY, Instance
 from . import config_files
-from .agent import agent_container, service_account_name, token_volume
+from .agent import AGENT, agent_container, service_account_name, token_volume
 from .common import (
     LABEL_INSTANCE, LABEL_PROMOTABLE, LABEL_ROLE, POSTGRES, POSTGRES_PORT, POSTGRES_UID,
     ClusterContext, config_map_volume, container_resources, container_security_context,
@@ -36,7 +38,6 @@ SCRIPTS_MOUNT = "/etc/shopdb/scripts"
 INIT_MOUNT = "/etc/shopdb/init"
 RUN_MOUNT = "/var/run/postgresql"
 LEASE_FILE = f"{RUN_MOUNT}/primary-lease"  # written by the instance-agent (fencing/)
-ANNOTATION_CONFIG_HASH = "shopdb.io/config-hash"
 ANALYTICS_READY_MAX_LAG_BYTES = 64 * 1024 ** 3
 
 
@@ -179,18 +180,21 @@ def _startup_failure_threshold(storage: str) -> int:
     return 360 * hundreds_of_gib  # probes every 10 s
 
 
-def _shm_size(res: ComputeResources) -> str:
-    """PostgreSQL's parallel queries use /dev/shm; the runtime's default 64Mi is too small."""
-    return f"{max(64, min(2048, to_bytes(res.memory) // (4 * 1024 * 1024)))}Mi"
+def _shm_size(ctx: ClusterContext) -> str:
+    """PostgreSQL's parallel queries use /dev/shm; the runtime's default 64Mi is too small.
+    The same for both roles, so that a failover leaves the pod template's volumes as they are."""
+    roles = ctx.spec.postgres.resources
+    memory = max(to_bytes(roles.primary.memory), to_bytes(roles.replica.memory))
+    return f"{max(64, min(2048, memory // (4 * 1024 * 1024)))}Mi"
 
 
-def _volumes(ctx: ClusterContext, instance: Instance, res: ComputeResources) -> tuple[list[dict], list[dict]]:
+def _volumes(ctx: ClusterContext, instance: Instance) -> tuple[list[dict], list[dict]]:
     volumes = [
         config_map_volume("config", instance_config_map_name(instance)),
         config_map_volume("scripts", scripts_config_map_name(ctx), mode=0o555),
         empty_dir("run"),
         empty_dir("tmp"),
-        empty_dir("shm", medium="Memory", size=_shm_size(res)),
+        empty_dir("shm", medium="Memory", size=_shm_size(ctx)),
     ]
     mounts = [
         {"name": "data", "mountPath": DATA_MOUNT},
@@ -214,9 +218,8 @@ def _volumes(ctx: ClusterContext, instance: Instance, res: ComputeResources) -> 
 def instance_statefulset(ctx: ClusterContext, instance: Instance) -> dict:
     res = instance_resources(ctx, instance)
     storage = ctx.spec.postgres.storage
-    volumes, mounts = _volumes(ctx, instance, res)
+    volumes, mounts = _volumes(ctx, instance)
     pod_labels = instance_labels(ctx, instance)
-    config = instance_config_map(ctx, instance)["data"]
     container = {
         "name": "postgres",
         "image": ctx.spec.postgres.image,
@@ -250,6 +253,23 @@ def instance_statefulset(ctx: ClusterContext, instance: Instance) -> dict:
     }
     if storage.storage_class_name:
         claim["spec"]["storageClassName"] = storage.storage_class_name
+    pod_spec = {
+        # the account's token goes to the instance-agent's container only
+        "serviceAccountName": service_account_name(ctx),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        # The image's STOPSIGNAL SIGINT (official and local images) is a fast
+        # shutdown. No preStop hook: it dies with PID 1 and reports a failure.
+        "terminationGracePeriodSeconds": 60,
+        "securityContext": pod_security_context(POSTGRES_UID),
+        "affinity": soft_anti_affinity(selector(ctx, POSTGRES)),
+        # The pause process is PID 1 and reaps detached processes (fence.sh, and
+        # pgBackRest's archive-push worker), which PostgreSQL must not parent; the
+        # instance-agent signals the postmaster to fence it.
+        "shareProcessNamespace": True,
+        "containers": containers,
+        "volumes": volumes,
+    }
     when_deleted = "Delete" if ctx.spec.reclaim_policy.value == "Delete" else "Retain"
     return {
         "apiVersion": "apps/v1",
@@ -263,31 +283,34 @@ def instance_statefulset(ctx: ClusterContext, instance: Instance) -> dict:
             "persistentVolumeClaimRetentionPolicy": {"whenDeleted": when_deleted, "whenScaled": "Retain"},
             "selector": {"matchLabels": selector(ctx, POSTGRES, **{LABEL_INSTANCE: instance.name})},
             "template": {
-                "metadata": {
-                    "labels": pod_labels,
-                    "annotations": {ANNOTATION_CONFIG_HASH: content_hash(config)},
-                },
-                "spec": {
-                    # the account's token goes to the instance-agent's container only
-                    "serviceAccountName": service_account_name(ctx),
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    # The image's STOPSIGNAL SIGINT (official and local images) is a fast
-                    # shutdown. No preStop hook: it dies with PID 1 and reports a failure.
-                    "terminationGracePeriodSeconds": 60,
-                    "securityContext": pod_security_context(POSTGRES_UID),
-                    "affinity": soft_anti_affinity(selector(ctx, POSTGRES)),
-                    # The pause process is PID 1 and reaps detached processes (fence.sh, and
-                    # pgBackRest's archive-push worker), which PostgreSQL must not parent; the
-                    # instance-agent signals the postmaster to fence it.
-                    "shareProcessNamespace": True,
-                    "containers": containers,
-                    "volumes": volumes,
-                },
+                # No configuration hash here: a new configuration is reloaded in place
+                # (handlers/rollout.py), never by replacing the pod. The rolling update
+                # (rollout/rolling.py) compares these hashes with each pod's.
+                "metadata": {"labels": pod_labels, "annotations": {
+                    ANNOTATION_TEMPLATE_HASH: template_hash(pod_spec), ANNOTATION_SPEC_HASH: spec_hash(ctx)}},
+                "spec": pod_spec,
             },
             "volumeClaimTemplates": [claim],
         },
     }
+
+
+def template_hash(pod_spec: dict) -> str:
+    """What a restart would change in a pod: its spec without resources (resized in place)
+    and without the instance-agent's image (the operator's: a new operator version must not
+    restart every database; the agent follows at the pod's next restart)."""
+    spec = copy.deepcopy(pod_spec)
+    for container in spec["containers"]:
+        container.pop("resources", None)
+        if container["name"] == AGENT:
+            container.pop("image", None)
+    return content_hash(spec)
+
+
+def spec_hash(ctx: ClusterContext) -> str:
+    """The spec a pod template was made from (parameters and resources aside: reloaded and
+    resized in place): a template that changed while this did not is the operator's doing."""
+    return content_hash(ctx.spec.model_dump(mode="json", exclude={"postgres": {"parameters": True, "resources": True}}))
 
 
 def postgres_disruption_budget(ctx: ClusterContext) -> dict:

@@ -149,12 +149,17 @@ class SqlDatabases:
     def __init__(self, resolve: Callable[[str], Address | None], password: str, connect_timeout: int = 2):
         self.resolve, self.password, self.connect_timeout = resolve, password, connect_timeout
 
-    def _connect(self, instance: str, statement_timeout_ms: int = 10_000):
+    def connect(self, instance: str, statement_timeout_ms: int = 10_000, dbname: str = "postgres"):
+        """A superuser session on one instance (the rollout's configuration checks, the
+        DEFAULT partitions' rows in the application database)."""
+        return self._connect(instance, statement_timeout_ms, dbname)
+
+    def _connect(self, instance: str, statement_timeout_ms: int = 10_000, dbname: str = "postgres"):
         address = self.resolve(instance)
         if address is None:
             raise postgres.psycopg.OperationalError(f"{instance} has no address")
         return postgres.connect(host=address[0], port=address[1], user=SUPERUSER, password=self.password,
-                                dbname="postgres", connect_timeout=self.connect_timeout,
+                                dbname=dbname, connect_timeout=self.connect_timeout,
                                 statement_timeout_ms=statement_timeout_ms)
 
     def promote(self, instance: str) -> bool:

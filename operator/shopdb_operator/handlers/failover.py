@@ -36,6 +36,7 @@ from ..kube.client import Kube, KubeError
 from ..kube.lease import Lease
 from ..topology import Topology, plan_topology
 from .clients import kube
+from . import partitions, rollout
 from .locks import cluster_lock
 from .reconcile import cluster_context, instance_templates  # (the package's `reconcile` is the kopf handler)
 
@@ -77,6 +78,7 @@ class Memory:
     health_written: datetime.datetime | None = None
     fenced: tuple | None = None  # the PrimaryFenced condition last written: (fenced, holder)
     warned_unhealthy: bool = False
+    partitions_checked: datetime.datetime | None = None
 
 
 @dataclass
@@ -259,7 +261,9 @@ def check_cluster(kube: Kube, memory: Memory, name: str, namespace: str, body: d
             run_failover(kube, actor, state, name, namespace, password, logger)
         return
 
-    if memory.tracker.should_fail_over(spec.failover.failure_threshold):
+    if memory.tracker.should_fail_over(spec.failover.failure_threshold) and rollout.primary_restarting(status, now):
+        logger.info("%s/%s: the primary restarts in place for the rolling update; no failover", namespace, name)
+    elif memory.tracker.should_fail_over(spec.failover.failure_threshold):
         old = check.observations.get(primary)
         if memory.tracker.down:
             why = f"primary {primary} is down: {memory.tracker.down}"
@@ -283,6 +287,22 @@ def check_cluster(kube: Kube, memory: Memory, name: str, namespace: str, body: d
 
     moves = decide.route_handoff(check.topology, check.observations, preferred=(state or {}).get("from"))
     execute.hand_off_routes(check.topology, moves, actor.cluster)
+    if partitions.due(memory.partitions_checked, now) and check.observations.get(primary) and \
+            check.observations[primary].is_writable_primary:
+        memory.partitions_checked = now
+        try:
+            partitions.observe(actor, spec, status, post_event)
+        except postgres.Error as err:
+            logger.warning("DEFAULT partitions of %s/%s not read: %s", namespace, name, type(err).__name__)
+    try:
+        decision = rollout.step(actor, body, post_event, now)
+    except (postgres.Error, RuntimeError) as err:  # tried again at the next check
+        logger.warning("rollout of %s/%s: %s", namespace, name, type(err).__name__)
+        return
+    if decision is not None:  # the rolling update's switchover: the primary's turn
+        state = decide.start(decide.SWITCHOVER, primary, f"rolling update: {decision.reason}", now, decision.instance)
+        begin(actor)
+        run_failover(kube, actor, state, name, namespace, password, logger)
 
 
 def report_fence(kube: Kube, memory: Memory, name: str, namespace: str, lease: dict, post_event,

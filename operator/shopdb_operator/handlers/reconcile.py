@@ -22,6 +22,7 @@ from ..builders.secrets import CREDENTIALS, credential_secret
 from ..failover.adapters import database_pods
 from ..fencing import lease as fencing_lease
 from ..kube.client import Kube, KubeError
+from ..rollout import config as rollout_config
 from ..status import summarize_instances
 from ..topology import plan_topology
 
@@ -53,10 +54,21 @@ class Outcome:
     pruned: list[str] = field(default_factory=list)
 
 
-def cluster_context(name: str, namespace: str, uid: str, spec_raw: dict | None, status: dict | None) -> ClusterContext:
-    """Parse and check the spec against what was applied before; raises InvalidSpec."""
+def cluster_context(name: str, namespace: str, uid: str, spec_raw: dict | None, status: dict | None,
+                    last_good_parameters: bool = False) -> ClusterContext:
+    """Parse and check the spec against what was applied before; raises InvalidSpec.
+
+    Parameters PostgreSQL refused after they were applied (status.configuration.rejected)
+    make the spec invalid, or, with `last_good_parameters`, give way to the parameters every
+    instance last loaded: what the instances' ConfigMaps hold meanwhile."""
     status = status or {}
     spec = parse_spec(spec_raw)
+    rejected = rollout_config.rejection(status, spec.postgres.parameters)
+    if rejected is not None and not last_good_parameters:
+        raise InvalidSpec([rollout_config.refusal_message(rejected)])
+    if rejected is not None:
+        good = rollout_config.last_good_parameters(status)
+        spec = spec.model_copy(update={"postgres": spec.postgres.model_copy(update={"parameters": good})})
     problems = unsafe_change_problems(status.get("applied"), spec)
     overlap = recovery_overlap_problem(spec, namespace, name)
     problems += [overlap] if overlap else []
@@ -73,7 +85,8 @@ def instance_templates(name: str, namespace: str, uid: str, spec_raw: dict | Non
     (a status.topology record): the labels, resources and settings of each one's role.
     None while the spec cannot be applied (an unsafe change is refused)."""
     try:
-        ctx = cluster_context(name, namespace, uid, spec_raw, {**(status or {}), "topology": topology})
+        ctx = cluster_context(name, namespace, uid, spec_raw, {**(status or {}), "topology": topology},
+                              last_good_parameters=True)
     except InvalidSpec:
         return None
     return instance_objects(ctx)

@@ -140,9 +140,12 @@ class Kube:
             raise
 
     def merge_patch(self, api_version: str, kind: str, namespace: str | None, name: str, patch: dict,
-                    subresource: str | None = None) -> dict:
+                    subresource: str | None = None, strategic: bool = False) -> dict:
+        """A JSON merge patch; `strategic` for a built-in kind's lists merged by key (a pod's
+        containers by name), which a merge patch would replace whole."""
         path = resource_path(api_version, kind, namespace, name, subresource)
-        return self.request("PATCH", path, body=patch, content_type="application/merge-patch+json")
+        content_type = "application/strategic-merge-patch+json" if strategic else "application/merge-patch+json"
+        return self.request("PATCH", path, body=patch, content_type=content_type)
 
     def update_status(self, api_version: str, kind: str, namespace: str, name: str, fields: dict,
                       conditions: Callable[[list[dict], int | None], list[dict]] | None = None,

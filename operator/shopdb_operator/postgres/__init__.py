@@ -148,9 +148,67 @@ def drop_physical_slot(conn: psycopg.Connection, name: str) -> bool:
     ))
 
 
+# --- configuration ---------------------------------------------------------------------------
+
+# What pg_file_settings says of a line it could not apply: a new value of a setting that
+# needs a restart (valid: pg_settings.pending_restart then says so, in the same session), or
+# a value the server refuses (its reason goes to the server log only).
+NOT_APPLIED = "setting could not be applied"
+
+
+def file_digests(conn: psycopg.Connection, paths: Iterable[str]) -> dict[str, str | None]:
+    """The md5 of each file as the server reads it now (None: missing): whether the
+    kubelet has put a ConfigMap's new content in place."""
+    digests = {}
+    for path in paths:
+        digests[path] = _scalar(conn, "SELECT md5(pg_read_file(%s, 0, 1048576, true))", (path,))
+    return digests
+
+
+def configuration_errors(conn: psycopg.Connection) -> list[str]:
+    """What the server would refuse in its configuration files as they are now, before or
+    after a reload (both views read the files afresh): `file:line: name: why`."""
+    rows = conn.execute(
+        "SELECT sourcefile, sourceline, coalesce(name, ''), setting, error FROM pg_file_settings "
+        "WHERE error IS NOT NULL "
+        "UNION ALL SELECT 'pg_hba.conf', line_number, '', NULL, error FROM pg_hba_file_rules WHERE error IS NOT NULL"
+    ).fetchall()
+    waiting = set(pending_restart(conn))  # set by the pg_file_settings read just above
+    errors = []
+    for source, line, name, setting, error in rows:
+        if error == NOT_APPLIED:
+            if name in waiting:
+                continue
+            error = _why_refused(conn, name, setting)
+        errors.append(f"{source}:{line}: {name + ': ' if name else ''}{error}")
+    return errors
+
+
+def _why_refused(conn: psycopg.Connection, name: str, setting: str) -> str:
+    """The server's own words for a refused value, where a session may try it."""
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute("SELECT set_config(%s, %s, true)", (name, setting))
+    except psycopg.Error as error:
+        text = str(error).splitlines()[0] if str(error) else ""
+        if "cannot be changed" not in text and "permission denied" not in text:
+            return text
+    return f"invalid value {setting!r}"
+
+
+def configuration_load_time(conn: psycopg.Connection):
+    return _scalar(conn, "SELECT pg_conf_load_time()")
+
+
 def reload_configuration(conn: psycopg.Connection) -> None:
-    """Re-read postgresql.conf and pg_hba.conf (after the ConfigMap changed)."""
+    """Ask the postmaster to re-read postgresql.conf and pg_hba.conf (it does so at once,
+    and every session before its next statement)."""
     conn.execute("SELECT pg_reload_conf()")
+
+
+def pending_restart(conn: psycopg.Connection) -> list[str]:
+    """Settings whose file value differs from the running one until a restart."""
+    return [r[0] for r in conn.execute("SELECT name FROM pg_settings WHERE pending_restart ORDER BY name")]
 
 
 # --- failover ------------------------------------------------------------------------------
@@ -192,6 +250,14 @@ def pgbouncer_command(conn: psycopg.Connection, command: str, database: str) -> 
         raise ValueError(f"not a PgBouncer database name: {database!r}")
     conn.execute(f'{command} "{database}"', prepare=False)
 
+
+def pgbouncer_show(conn: psycopg.Connection, what: str) -> list[dict[str, object]]:
+    """SHOW CONFIG / SHOW DATABASES on the admin console, each row by column name."""
+    if what not in ("CONFIG", "DATABASES"):
+        raise ValueError(what)
+    cursor = conn.execute(f"SHOW {what}", prepare=False)
+    names = [c.name for c in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
 def archiver(conn: psycopg.Connection, error_file: str) -> dict:
