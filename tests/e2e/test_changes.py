@@ -274,11 +274,13 @@ def test_a_new_image_rolls_and_a_supervised_primary_waits_for_its_promote(kubect
     writer = view.writer("supervised").start()
     try:
         wait_for(lambda: len(writer.acked) >= 20, 60, "writes through PgBouncer", interval=0.2)
+        begun = time.monotonic()
         kubectl("-n", view.namespace, "patch", "sdc", "shop", "--type=merge", "-p", json.dumps(
             {"spec": {"postgres": {"image": tag}, "updates": {"primaryUpdateStrategy": "supervised"}}}))
         state = wait_for(lambda: "promote" in (rollout(kubectl, view).get("waiting") or "") and rollout(kubectl, view),
                          ROLLOUT_TIMEOUT, "the rollout waiting for the primary's promote", interval=2)
         assert list(state["pending"]) == [old_primary], state
+        waited_at = time.monotonic()
         time.sleep(6)  # a few checks: it keeps waiting
         assert view.primary() == old_primary and len(view.history()) == history
         target = state["waiting"].split("--to ")[1].split("`")[0]
@@ -288,10 +290,13 @@ def test_a_new_image_rolls_and_a_supervised_primary_waits_for_its_promote(kubect
         wait_rolled(kubectl, view, lambda i: postgres_container(
             kubectl.json("-n", view.namespace, "get", "pod", f"{i}-0")["spec"])["image"] == tag,
             "every pod on the new image")
+        took = time.monotonic() - begun
     finally:
         writer.stop()
-    print(f"\nimage rollout, supervised: writes acked {len(writer.acked)}, failed {len(writer.failures)}, "
-          f"lost {len(writer.lost())}")
+    gaps = sorted((b - a for (_, a), (_, b) in zip(writer.acked, writer.acked[1:])), reverse=True)
+    print(f"\nimage rollout, supervised: replicas in {waited_at - begun:.0f} s, {took:.0f} s in all; writes acked "
+          f"{len(writer.acked)}, failed {len(writer.failures)}, lost {len(writer.lost())}; longest write gap "
+          f"{gaps[0]:.1f} s")
     assert writer.lost() == []
     assert view.primary() == target and len(view.history()) == history + 1
 
