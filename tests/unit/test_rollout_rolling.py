@@ -119,6 +119,8 @@ def test_what_must_restart():
     # the template changed, the spec did not: a new operator version's, deferred when asked
     assert rolling.restart_reasons([], template, "t2", "s1", True) == ((), ("the pod template of a new operator version",))
     assert rolling.restart_reasons([], template, "t2", "s1", False) == (("a new pod template",), ())
+    # a pod an operator version before the hashes made: the operator's change too
+    assert rolling.restart_reasons([], {}, "t2", "s2", True) == ((), ("the pod template of a new operator version",))
 
 
 def hashes(ctx, name):

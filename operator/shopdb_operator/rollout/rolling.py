@@ -68,7 +68,9 @@ def restart_reasons(pending_restart: list[str], pod_annotations: dict, desired_t
     if pending_restart:
         reasons.append(f"settings wait for a restart: {', '.join(pending_restart)}")
     if pod_annotations.get(ANNOTATION_TEMPLATE_HASH) != desired_template:
-        if defer_operator_changes and pod_annotations.get(ANNOTATION_SPEC_HASH) == desired_spec:
+        # a pod without hashes was made by an operator version before them
+        by_operator = pod_annotations.get(ANNOTATION_SPEC_HASH, desired_spec) == desired_spec
+        if defer_operator_changes and by_operator:
             deferred.append("the pod template of a new operator version")
         else:
             reasons.append("a new pod template")
