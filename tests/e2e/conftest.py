@@ -128,11 +128,15 @@ def _start_local_cluster(request) -> str:
 def _start_kind_cluster(request) -> str:
     if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
         pytest.skip("--kind given but no working Docker here: e2e tests skipped")
+    # pytest-kind reads these when imported; its own defaults (kind v0.17, kubectl v1.25) are
+    # too old for the node images the workflow uses (.github/workflows/e2e.yaml)
+    os.environ.setdefault("KIND_VERSION", "v0.30.0")
+    os.environ.setdefault("KUBECTL_VERSION", "v1.34.0")
     try:
         from pytest_kind import KindCluster  # type: ignore[import-not-found]
     except ImportError:
-        _unavailable("--kind given but pytest-kind is not installed (pip install pytest-kind)")
-    kind = KindCluster("shopdb-e2e")
+        _unavailable("--kind given but pytest-kind is not installed (pip install '.[kind]')")
+    kind = KindCluster("shopdb-e2e", image=os.environ.get("SHOPDB_KIND_NODE_IMAGE", "kindest/node:v1.34.0"))
     kind.create()
     if os.environ.get("SHOPDB_KEEP_CLUSTER") != "1":
         request.addfinalizer(kind.delete)
