@@ -176,6 +176,8 @@ def test_a_value_only_the_server_refuses_is_never_loaded_and_the_last_good_one_c
         wait_for(lambda: all(show(view, i, "timezone") == "Europe/Paris" for i in INSTANCES), RELOAD_TIMEOUT,
                  "the corrected value everywhere")
         wait_for(lambda: cluster_status(kubectl, view.namespace).get("phase") == "Ready", 120, "Ready again")
+        configuration = cluster_status(kubectl, view.namespace)["configuration"]
+        assert not configuration.get("rejected") and configuration["parameters"]["timezone"] == "Europe/Paris"
     finally:
         writer.stop()
     assert writer.lost() == []

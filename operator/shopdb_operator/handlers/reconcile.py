@@ -232,6 +232,9 @@ def reconcile(kube: Kube, name: str, namespace: str, uid: str, spec_raw: dict | 
         "applied": applied_record(ctx.spec),
         "observedGeneration": generation,
     }
+    if ((status or {}).get("configuration") or {}).get("rejected"):
+        # parameters PostgreSQL refused earlier are no longer the spec's (cluster_context passed)
+        outcome.status["configuration"] = {"rejected": None}
     return outcome
 
 
