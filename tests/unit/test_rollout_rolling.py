@@ -141,6 +141,9 @@ def test_the_template_hash_ignores_roles_resources_and_the_operator_image():
                   "shop-2")[rolling.ANNOTATION_TEMPLATE_HASH] == before[rolling.ANNOTATION_TEMPLATE_HASH]
     other_operator = ctx.__class__(**{**ctx.__dict__, "operator_image": "shopdb/operator:9.9.9"})
     assert hashes(other_operator, "shop-2") == before
+    # failover tuning neither (it applies at the next start)
+    tuned = make_context({"failover": {"maxLagBytes": 1, "checkIntervalSeconds": 5}})
+    assert hashes(tuned, "shop-2")[rolling.ANNOTATION_TEMPLATE_HASH] == before[rolling.ANNOTATION_TEMPLATE_HASH]
     # a new PostgreSQL image does
     image = hashes(make_context({"postgres": {"image": "postgres:15.99"}}), "shop-2")
     assert image[rolling.ANNOTATION_TEMPLATE_HASH] != before[rolling.ANNOTATION_TEMPLATE_HASH]

@@ -295,6 +295,9 @@ def instance_statefulset(ctx: ClusterContext, instance: Instance) -> dict:
     }
 
 
+RESTART_FREE_ENV = ("SHOPDB_READY_MAX_LAG_BYTES", "SHOPDB_PRIMARY_START_HOLD_SECONDS")
+
+
 def template_hash(pod_spec: dict) -> str:
     """What a restart would change in a pod: its spec without resources (resized in place)
     and without the instance-agent's image (the operator's: a new operator version must not
@@ -304,6 +307,9 @@ def template_hash(pod_spec: dict) -> str:
         container.pop("resources", None)
         if container["name"] == AGENT:
             container.pop("image", None)
+        # failover tuning (the readiness lag bound, the start hold) is read at the next
+        # start: changing it must not restart every database
+        container["env"] = [e for e in container.get("env") or [] if e["name"] not in RESTART_FREE_ENV]
     return content_hash(spec)
 
 
