@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian bookworm machine, pinned:
-# Debian packages (PostgreSQL, PgBouncer, Redis) and a Python venv outside the repo.
+# Debian packages (PostgreSQL, Redis, PgBouncer's build dependencies), PgBouncer built from
+# Debian trixie's source, and a Python venv outside the repo (with bin/pgbouncer).
 # Safe to re-run: it only installs what is missing. Prints the venv's python on stdout.
 set -euo pipefail
 
@@ -13,9 +14,14 @@ mkdir -p "$cache"
 apt_packages=(
   "postgresql-15=15.20-0+deb12u1"
   "postgresql-client-15=15.20-0+deb12u1"
-  "pgbouncer=1.18.0-1+deb12u1"
   "redis-server=5:7.0.15-1~deb12u10"
   "redis-tools=5:7.0.15-1~deb12u10"
+  # to build PgBouncer (below)
+  "build-essential=12.9"
+  "pkg-config=1.8.1-1"
+  "libevent-dev=2.1.12-stable-8+deb12u1"
+  "libc-ares-dev=1.18.1-3"
+  "libssl-dev=3.0.22-1~deb12u2"
 )
 
 missing=()
@@ -34,9 +40,61 @@ if ((${#missing[@]})); then
   fi
 fi
 # Debian starts the packaged services; the tests run their own on free ports.
-for service in postgresql redis-server pgbouncer; do
+for service in postgresql redis-server; do
   systemctl is-active --quiet "$service" 2>/dev/null && systemctl stop "$service" >/dev/null 2>&1 || true
 done
+
+# PgBouncer: the version the local cluster's image runs, Debian trixie's (bookworm's 1.18 has
+# no max_prepared_statements). Trixie's .deb needs trixie's libraries, so its source package
+# (upstream tarball + Debian's patches) is built here against bookworm's, into a directory
+# keyed by that Debian version. The .dsc is pinned by sha256; it pins the tarballs.
+pgbouncer_deb=$(. "$repo/tests/cluster/lib/versions.sh" && echo "$PGBOUNCER_TRIXIE_DEB")
+pgbouncer_dsc_sha256=$(. "$repo/tests/cluster/lib/versions.sh" && echo "$PGBOUNCER_TRIXIE_DSC_SHA256")
+pgbouncer_upstream=${pgbouncer_deb%%-*}
+pgbouncer_home="$cache/pgbouncer-$pgbouncer_deb"
+build_pgbouncer() {
+  local pool=${DEBIAN_MIRROR:-http://deb.debian.org/debian}/pool/main/p/pgbouncer
+  local work=$1 src=$1/pgbouncer-$pgbouncer_upstream file patch
+  fetch() { python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' "$1" "$2"; }
+  fetch "$pool/pgbouncer_$pgbouncer_deb.dsc" "$work/pgbouncer.dsc"
+  echo "$pgbouncer_dsc_sha256  $work/pgbouncer.dsc" | sha256sum --check --quiet --strict -
+  awk '/^Checksums-Sha256:/ {f = 1; next} /^[^ ]/ {f = 0} f && NF == 3 {print $1 "  " $3}' \
+    "$work/pgbouncer.dsc" > "$work/SHA256SUMS"
+  grep -q " pgbouncer_$pgbouncer_upstream.orig.tar.gz\$" "$work/SHA256SUMS"
+  for file in $(awk '{print $2}' "$work/SHA256SUMS"); do fetch "$pool/$file" "$work/$file"; done
+  (cd "$work" && sha256sum --check --quiet --strict SHA256SUMS)
+  tar -xzf "$work/pgbouncer_$pgbouncer_upstream.orig.tar.gz" -C "$work"
+  tar -xJf "$work/pgbouncer_$pgbouncer_deb.debian.tar.xz" -C "$src"
+  while read -r patch _; do
+    case "$patch" in ''|'#'*) continue ;; esac
+    patch -d "$src" -p1 --forward --quiet < "$src/debian/patches/$patch"
+  done < "$src/debian/patches/series"
+  # Debian's compiler flags (hardening); no PAM, no systemd: the tests need neither.
+  (cd "$src" && eval "$(dpkg-buildflags --export=sh)" \
+    && ./configure --with-cares=yes --without-pam --without-systemd \
+    && make -j"$(nproc)")
+  "$src/pgbouncer" --version | grep -qx "PgBouncer $pgbouncer_upstream"
+  rm -rf "$pgbouncer_home.partial"
+  install -D -m 0755 "$src/pgbouncer" "$pgbouncer_home.partial/bin/pgbouncer"
+  rm -rf "$pgbouncer_home"
+  mv "$pgbouncer_home.partial" "$pgbouncer_home"
+}
+if [ ! -x "$pgbouncer_home/bin/pgbouncer" ]; then
+  exec 8> "$cache/pgbouncer-build.lock"
+  flock 8  # two sessions bootstrapping at once build it once
+  if [ ! -x "$pgbouncer_home/bin/pgbouncer" ]; then
+    echo "bootstrap: building PgBouncer $pgbouncer_deb into $pgbouncer_home" >&2
+    pgbouncer_work=$(mktemp -d)
+    trap 'rc=$?; if [ "$rc" != 0 ]; then tail -40 "$pgbouncer_work/build.log" >&2
+          echo "bootstrap: building PgBouncer $pgbouncer_deb failed (a mirror that dropped that" \
+               "revision needs PGBOUNCER_TRIXIE_DEB and its .dsc sha256 bumped in tests/cluster/lib/versions.sh)" >&2
+          fi; rm -rf "$pgbouncer_work"' EXIT
+    build_pgbouncer "$pgbouncer_work" > "$pgbouncer_work/build.log" 2>&1
+    trap - EXIT
+    rm -rf "$pgbouncer_work"
+  fi
+  exec 8>&-
+fi
 
 # The venv is keyed by the dependency list, so a change in pyproject.toml builds a new one.
 key=$(cat "$repo/pyproject.toml" "$repo/tests/constraints.txt" | sha256sum | cut -c1-12)
@@ -50,4 +108,6 @@ if [ ! -f "$venv/.complete" ]; then
 fi
 # Tests import the working tree, not the installed copy.
 "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e "$repo" >&2
+# The data-plane tests' pgbouncer (tests/dataplane/harness.py; run.sh puts this bin on PATH).
+ln -sfn "$pgbouncer_home/bin/pgbouncer" "$venv/bin/pgbouncer"
 echo "$venv/bin/python"

@@ -7,6 +7,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 python=$(bash tests/bootstrap.sh)
 export PATH="$(dirname "$python"):$PATH"
+# The data-plane tests' PgBouncer: the one bootstrap.sh built and linked into the venv.
+export SHOPDB_PGBOUNCER=${SHOPDB_PGBOUNCER:-$(dirname "$python")/pgbouncer}
 "$python" -m shopdb_operator.api.generate --check || {
   echo "generated files are stale: run 'make generate'" >&2; exit 1; }
 if [ $# -eq 0 ]; then set -- tests; fi

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -29,6 +31,14 @@ from shopdb_operator.scripts import instance_scripts
 
 PG_BIN = Path(os.environ.get("SHOPDB_PG_BIN", "/usr/lib/postgresql/15/bin"))
 REPO = Path(__file__).resolve().parents[2]
+# The local cluster's PgBouncer version (Debian trixie's package in its image); tests/bootstrap.sh
+# builds the same source for the host and links it into the venv's bin (run.sh exports it).
+PGBOUNCER_VERSION = re.search(r"^PGBOUNCER_TRIXIE_DEB=([0-9.]+)-",
+                              (REPO / "tests" / "cluster" / "lib" / "versions.sh").read_text(), re.M)[1]
+_VENV_PGBOUNCER = Path(sys.executable).parent / "pgbouncer"
+PGBOUNCER = Path(os.environ.get("SHOPDB_PGBOUNCER")
+                 or (str(_VENV_PGBOUNCER) if _VENV_PGBOUNCER.exists() else None)
+                 or shutil.which("pgbouncer") or "/usr/sbin/pgbouncer")
 SHOP_SCHEMA = REPO / "manifests" / "examples" / "shop-schema.sql"
 RUN_AS = "postgres"  # PostgreSQL and PgBouncer refuse to run as root
 IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -3,24 +3,34 @@ each virtual database to its backend, with SCRAM for clients and servers."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shutil
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
 
-from harness import install_scripts, make_root, private_dir, free_port, require_binaries, run_as_postgres
+from harness import (PGBOUNCER, PGBOUNCER_VERSION, install_scripts, make_root, private_dir, free_port,
+                     require_binaries, run_as_postgres)
 from shopdb_operator import postgres
+from shopdb_operator.api.spec import ClusterSpec
 from shopdb_operator.builders import config_files
 from shopdb_operator.rollout import config as rollout_config
-
-PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 
 
 @pytest.fixture(scope="module")
 def pgbouncer(shop_cluster):
+    with running_pgbouncer(shop_cluster, shop_cluster.primary.spec) as bouncer:
+        yield bouncer
+
+
+@contextlib.contextmanager
+def running_pgbouncer(shop_cluster, spec: ClusterSpec):
+    """PgBouncer as its pod runs it (pgbouncer-start.sh, the rendered pgbouncer.ini for `spec`)."""
     require_binaries(PGBOUNCER)
     root = make_root("shopdb-pgbouncer-")
     scripts = install_scripts(root)
@@ -35,11 +45,10 @@ def pgbouncer(shop_cluster):
         "analytics": ("127.0.0.1", shop_cluster.analytics.port),
     }
     ini = root / "etc" / "pgbouncer.ini"
-    ini.write_text(config_files.pgbouncer_ini(shop_cluster.primary.spec, backends, port,
-                                              listen_addr="127.0.0.1", run_dir=str(run_dir)))
+    ini.write_text(config_files.pgbouncer_ini(spec, backends, port, listen_addr="127.0.0.1", run_dir=str(run_dir)))
     admin_password = secrets.token_urlsafe(16) + '"'
     env = {
-        "PATH": f"{shutil.os.path.dirname(PGBOUNCER)}:/usr/bin:/bin",
+        "PATH": f"{PGBOUNCER.resolve().parent}:/usr/bin:/bin",
         "PGBOUNCER_RUN_DIR": str(run_dir),
         "PGBOUNCER_APP_USER": "shop",
         "PGBOUNCER_APP_PASSWORD": shop_cluster.credentials.owner,
@@ -62,8 +71,14 @@ def pgbouncer(shop_cluster):
                 time.sleep(0.2)
         yield {"port": port, "backends": backends, "admin_password": admin_password, "run_dir": run_dir, "ini": ini}
     finally:
+        # SIGTERM, as the kubelet sends it: PgBouncer >= 1.23 then waits for every client to
+        # disconnect; a client a test left open gets what the grace period's end brings.
         process.terminate()
-        process.wait(10)
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
         log.close()
         shutil.rmtree(root, ignore_errors=True)
 
@@ -112,6 +127,77 @@ def test_admin_console_lists_the_routes(pgbouncer):
     assert {"shop", "shop_search", "shop_orders", "shop_analytics", "shop_ro"} <= names
 
 
+def admin_console(pgbouncer) -> psycopg.Connection:
+    return postgres.pgbouncer_admin("127.0.0.1", pgbouncer["port"], config_files.PGBOUNCER_ADMIN_USER,
+                                    pgbouncer["admin_password"])
+
+
+def test_pgbouncer_is_the_local_images_version(pgbouncer):
+    """The PgBouncer tests/bootstrap.sh builds: the version of the local cluster's image (a
+    stale binary on PATH fails here, not in some test of a feature it lacks)."""
+    with admin_console(pgbouncer) as admin:
+        (version,) = admin.execute("SHOW VERSION", prepare=False).fetchone()
+    assert version == f"PgBouncer {PGBOUNCER_VERSION}", \
+        f"{PGBOUNCER} is {version!r}, not {PGBOUNCER_VERSION}: run tests/bootstrap.sh (or tests/run.sh)"
+
+
+CLIENTS, TRANSACTIONS, SERVER_CONNECTIONS = 8, 25, 2
+DOUBLE = "SELECT %s::int * 2, pg_backend_pid()"
+LABEL = "SELECT %s::text || ':' || %s::text, pg_backend_pid()"
+
+
+def test_prepared_statements_in_transaction_mode_with_more_clients_than_server_connections(shop_cluster):
+    """max_prepared_statements: 8 clients prepare every statement (psycopg prepare_threshold=0)
+    and run 25 transactions each through 2 server connections. psycopg names its statements
+    _pg3_0, _pg3_1, ... on every connection; half the clients prepare the two statements in
+    the other order, so the same name is another statement on the next client, and on the
+    server connection they share. PgBouncer prepares each where it runs: every result is right."""
+    spec = shop_cluster.primary.spec
+    spec = spec.model_copy(update={"pgbouncer": spec.pgbouncer.model_copy(
+        update={"primary_pool_size": SERVER_CONNECTIONS})})
+    assert spec.pgbouncer.pool_mode.value == "transaction" and spec.pgbouncer.max_prepared_statements > 0
+    with running_pgbouncer(shop_cluster, spec) as bouncer, admin_console(bouncer) as admin:
+        before = pgbouncer_stats(admin, "shop")
+        start = threading.Barrier(CLIENTS)
+
+        def client(i: int) -> set[int]:
+            servers = set()
+            with through_pgbouncer(bouncer, "shop", shop_cluster.credentials.owner) as conn:
+                conn.prepare_threshold = 0
+                start.wait(30)
+                for n in range(TRANSACTIONS):
+                    with conn.transaction():
+                        for statement in ((DOUBLE, LABEL) if i % 2 else (LABEL, DOUBLE)):
+                            if statement is DOUBLE:
+                                result, server = conn.execute(DOUBLE, (i * 1000 + n,)).fetchone()
+                                assert result == 2 * (i * 1000 + n)
+                            else:
+                                result, server = conn.execute(LABEL, (str(i), str(n))).fetchone()
+                                assert result == f"{i}:{n}"
+                            servers.add(server)
+            return servers
+
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            servers = list(pool.map(client, range(CLIENTS)))
+        after = pgbouncer_stats(admin, "shop")
+
+    assert len(set().union(*servers)) <= SERVER_CONNECTIONS
+    assert any(len(s) > 1 for s in servers), "no client's transactions moved between server connections"
+    parsed = after["total_client_parse_count"] - before["total_client_parse_count"]
+    prepared_on_servers = after["total_server_parse_count"] - before["total_server_parse_count"]
+    bound = after["total_bind_count"] - before["total_bind_count"]
+    assert parsed == 2 * CLIENTS
+    assert 2 <= prepared_on_servers <= 2 * SERVER_CONNECTIONS  # once per statement and server connection
+    assert bound == 2 * CLIENTS * TRANSACTIONS
+
+
+def pgbouncer_stats(admin: psycopg.Connection, database: str) -> dict[str, int]:
+    cursor = admin.execute("SHOW STATS", prepare=False)
+    names = [c.name for c in cursor.description]
+    row = next(dict(zip(names, r)) for r in cursor.fetchall() if r[0] == database)
+    return {k: int(v) for k, v in row.items() if k.startswith("total_")}
+
+
 def test_auth_file_is_private(pgbouncer):
     mode = (pgbouncer["run_dir"] / "userlist.txt").stat().st_mode & 0o777
     assert mode == 0o600
@@ -130,8 +216,7 @@ def test_a_new_ini_is_reloaded_without_dropping_a_client(shop_cluster, pgbouncer
                                      run_dir=str(pgbouncer["run_dir"]))
     client = through_pgbouncer(pgbouncer, "shop", shop_cluster.credentials.owner)
     session = client.execute("SELECT 1").fetchone()
-    admin = postgres.pgbouncer_admin("127.0.0.1", pgbouncer["port"], config_files.PGBOUNCER_ADMIN_USER,
-                                     pgbouncer["admin_password"])
+    admin = admin_console(pgbouncer)
 
     def runs(text: str) -> bool:
         settings = {str(r["key"]): str(r["value"]) for r in postgres.pgbouncer_show(admin, "CONFIG")}

@@ -34,7 +34,8 @@ def sized(cluster: dict) -> dict:
     spec = cluster["spec"]
     spec["postgres"]["resources"] = {"primary": {"cpu": PRIMARY_CPU, "memory": "512Mi"},
                                      "replica": {"cpu": REPLICA_CPU, "memory": "256Mi"}}
-    spec["pgbouncer"]["resources"] = {"cpu": "50m", "memory": "64Mi"}
+    # PgBouncer carries a few hundred clients in test_synchronous_failover_under_load
+    spec["pgbouncer"]["resources"] = {"cpu": "150m", "memory": "64Mi"}
     spec["redis"]["resources"] = {"cpu": "50m", "memory": "64Mi"}
     return cluster
 
@@ -91,9 +92,10 @@ def failover_since(view: ClusterView, previous: str | None, step: str) -> dict |
 
 
 def under_load(view: ClusterView, run: str, fault: Callable[[str], None], kind: str = "failover",
-               after_fault: Callable[[], None] | None = None) -> FailoverRun:
+               after_fault: Callable[[], None] | None = None, clients: int = 1, idle: int = 0) -> FailoverRun:
     """load.fail_over_under_load, then what every failover must show."""
-    outcome = fail_over_under_load(view, run, fault, INSTANCES, after_fault, FAILOVER_TIMEOUT, REJOIN_TIMEOUT)
+    outcome = fail_over_under_load(view, run, fault, INSTANCES, after_fault, FAILOVER_TIMEOUT, REJOIN_TIMEOUT,
+                                   clients=clients, idle=idle, pause=0.2)
     outcome.lost = outcome.writer.lost()
     print("\n" + report(outcome, run))
     entry, old = outcome.entry, outcome.old

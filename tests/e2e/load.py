@@ -11,6 +11,7 @@ local cluster (tests/cluster/localkube) routes to this host and nowhere else.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import subprocess
@@ -142,6 +143,115 @@ class Writer(_Background):
         return [i for i in ids if i not in present]
 
 
+class Writers(_Background):
+    """Many clients at once through PgBouncer (asyncio, one thread): `clients` writers, each
+    inserting numbered rows with `pause` seconds between its transactions, and `idle` clients
+    that connect, run one transaction, then sit idle until `check_idle()`. The same record
+    as Writer: `acked` (id, time) in commit order, `failures` (time, error). A writer whose
+    connection fails reconnects (counted in `reconnects`)."""
+
+    def __init__(self, host: str, password: str, run: str, clients: int, idle: int = 0, pause: float = 0.1,
+                 dbname: str = "shop", user: str = "shop"):
+        self.host, self.password, self.run, self.dbname, self.user = host, password, run, dbname, user
+        self.clients, self.idle, self.pause = clients, idle, pause
+        self.acked: list[tuple[int, float]] = []
+        self.failures: list[tuple[float, str]] = []
+        self.reconnects = 0
+        self.connected = 0
+        self._next = 0
+        self._idle_connections: list = []
+        self.idle_kept = self.idle_broken = 0
+        self._init_thread(f"writers-{run}")
+
+    def prepare(self) -> None:
+        Writer(self.host, self.password, self.run, self.dbname, self.user).prepare()
+
+    async def _connect(self):
+        return await psycopg.AsyncConnection.connect(
+            host=self.host, port=POSTGRES_PORT, user=self.user, password=self.password, dbname=self.dbname,
+            connect_timeout=10, autocommit=True, prepare_threshold=None)
+
+    async def _writer(self, number: int) -> None:
+        await asyncio.sleep(number * 0.01)  # no login storm of our own making
+        conn = None
+        while not self._stop.is_set():
+            self._next += 1
+            ident = self._next
+            try:
+                if conn is None:
+                    conn = await self._connect()
+                    self.connected += 1
+                await conn.execute(f"INSERT INTO {PROBE_TABLE} (run, id) VALUES (%s, %s)", (self.run, ident))
+                self.acked.append((ident, time.monotonic()))
+            except psycopg.Error as err:
+                self.failures.append((time.monotonic(), f"{type(err).__name__}: {str(err).strip()[:80]}"))
+                if conn is not None:
+                    await conn.close()
+                    self.reconnects += 1
+                conn = None
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(self.pause)
+        if conn is not None:
+            await conn.close()
+
+    async def _idle_client(self) -> None:
+        conn = await self._connect()
+        await conn.execute("SELECT 1")
+        self._idle_connections.append(conn)
+
+    async def _main(self) -> None:
+        for start in range(0, self.idle, 50):
+            await asyncio.gather(*(self._idle_client() for _ in range(min(50, self.idle - start))))
+        tasks = [asyncio.create_task(self._writer(n)) for n in range(self.clients)]
+        while not self._stop.is_set():
+            await asyncio.sleep(0.1)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+        async def probe(conn) -> bool:
+            try:
+                await asyncio.wait_for(conn.execute("SELECT 1"), 30)
+                return True
+            except (psycopg.Error, asyncio.TimeoutError):
+                return False
+
+        answers = await asyncio.gather(*(probe(c) for c in self._idle_connections))
+        self.idle_kept, self.idle_broken = sum(answers), len(answers) - sum(answers)
+        for conn in self._idle_connections:
+            await conn.close()
+
+    def _loop(self) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._main())
+        finally:
+            loop.close()
+
+    def check_idle(self) -> tuple[int, int]:
+        """(kept, broken) after stop(): the idle clients whose same connection still ran a
+        query once the writers stopped."""
+        assert not self._thread.is_alive(), "stop() first"
+        return self.idle_kept, self.idle_broken
+
+    def acked_after(self, moment: float) -> int:
+        return sum(1 for _, t in self.acked if t > moment)
+
+    def first_ack_after(self, moment: float) -> float | None:
+        return next((t - moment for _, t in self.acked if t > moment), None)
+
+    def lost(self, host: str | None = None) -> list[int]:
+        return Writer.lost(self, host)  # type: ignore[arg-type]
+
+
+def pgbouncer_pods(kubeconfig: str, namespace: str, cluster: str) -> dict[str, tuple[str, int]]:
+    """PgBouncer pod name -> (uid, the container's restart count): equal before and after
+    a fault means no PgBouncer crashed, restarted or was replaced."""
+    pods = kubectl_json(kubeconfig, "-n", namespace, "get", "pods", "-l",
+                        f"shopdb.io/cluster={cluster},app.kubernetes.io/component=pgbouncer")["items"]
+    return {p["metadata"]["name"]: (p["metadata"]["uid"],
+                                    sum(c.get("restartCount", 0) for c in (p.get("status") or {}).get("containerStatuses") or []))
+            for p in pods}
+
+
 @dataclass
 class Sampler(_Background):
     """Who answers as writable, sampled every `interval` seconds across all instances at once."""
@@ -216,8 +326,10 @@ class ClusterView:
             raise psycopg.OperationalError(f"{instance} has no pod address")
         return query(address, self.superuser, statement, params)
 
-    def writer(self, run: str) -> Writer:
-        writer = Writer(self.pgbouncer, self.app, run)
+    def writer(self, run: str, clients: int = 1, idle: int = 0, pause: float = 0.1) -> Writer | Writers:
+        """One writer (every 20 ms), or `clients` writers and `idle` idle clients at once."""
+        writer = Writer(self.pgbouncer, self.app, run) if clients == 1 and not idle else \
+            Writers(self.pgbouncer, self.app, run, clients, idle, pause)
         writer.prepare()
         return writer
 
@@ -255,7 +367,7 @@ class FailoverRun:
 
     entry: dict  # the failoverHistory entry the fault produced
     old: str
-    writer: Writer
+    writer: "Writer | Writers"
     sampler: Sampler
     fault_at: float  # time.monotonic() of the fault
     fault_wall: float  # time.time() of the fault (status timestamps are wall clock)
@@ -274,16 +386,18 @@ class FailoverRun:
 
 def fail_over_under_load(view: ClusterView, run: str, fault: Callable[[str], None], instances: list[str],
                          after_fault: Callable[[], None] | None = None, failover_timeout: float = 180,
-                         rejoin_timeout: float = 300) -> FailoverRun:
-    """Writes flowing, `fault(primary)`, then wait for: a new failoverHistory entry, writes
-    going through PgBouncer again, and every instance (the old primary too) streaming from
+                         rejoin_timeout: float = 300, clients: int = 1, idle: int = 0,
+                         pause: float = 0.1) -> FailoverRun:
+    """Writes flowing (one writer, or `clients` writers and `idle` idle clients), `fault(primary)`,
+    then wait for: a new failoverHistory entry, writes going through PgBouncer again, and every instance (the old primary too) streaming from
     the new primary. Asserts nothing beyond getting there."""
     history = view.history()  # at most HISTORY_LENGTH entries: compare the newest, not the count
     before, old = (history[-1]["startedAt"] if history else None), view.primary()
     sampler = view.sampler().start()
-    writer = view.writer(run).start()
+    writer = view.writer(run, clients, idle, pause).start()
     try:
-        wait_for(lambda: len(writer.acked) >= 20, 60, "writes through PgBouncer before the fault", interval=0.2)
+        wait_for(lambda: len(writer.acked) >= 20 * clients, 120, "writes through PgBouncer before the fault",
+                 interval=0.2)
         fault_wall, fault_at = time.time(), time.monotonic()
         fault(old)
         if after_fault:

@@ -8,12 +8,15 @@ come up on two cores); the tests run in file order and the last one deletes it.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
 import yaml
 
-from support import (apply_schema_config_map, cluster_status, example_cluster, psql, psql_remote, secret_value, wait_for)
+from support import (REPO, apply_schema_config_map, cluster_status, example_cluster, is_local_cluster, psql,
+                     psql_remote, secret_value, wait_for)
 
 pytestmark = pytest.mark.e2e
 
@@ -101,6 +104,63 @@ def test_pgbouncer_routes_reach_their_instances(kubectl, shop):
         assert server == pod_ips[pod], f"{database} reached {server}, expected {pod} ({pod_ips[pod]})"
     read_only = route("shop_ro", "select pg_is_in_recovery()")
     assert read_only == "t"
+
+
+# pgbench -M prepared: every statement of the script is a protocol-level prepared statement,
+# named alike (P_0, P_1, ...) on every client; each client checks its own results (a wrong
+# one runs 1/0, which aborts the client and fails pgbench).
+PREPARED_SCRIPT = r"""\set n random(1, 1000000)
+BEGIN;
+SELECT :n::int * 2 AS doubled \gset
+SELECT :n::bigint + :client_id AS shifted \gset
+\if :doubled != 2 * :n OR :shifted != :n + :client_id
+SELECT 1 / 0;
+\endif
+END;
+"""
+
+
+def pgbouncer_config_hash(kubectl, namespace: str) -> str | None:
+    """The pgbouncer.ini hash every PgBouncer pod runs with (status.configuration.pgbouncer,
+    recorded once its SHOW CONFIG and SHOW DATABASES match the file); None while they differ."""
+    pods = [p["metadata"]["name"] for p in kubectl.json("-n", namespace, "get", "pods", "-l",
+                                                        "app.kubernetes.io/component=pgbouncer")["items"]
+            if not p["metadata"].get("deletionTimestamp")]
+    recorded = (cluster_status(kubectl, namespace).get("configuration") or {}).get("pgbouncer") or {}
+    hashes = {recorded.get(pod) for pod in pods}
+    return hashes.pop() if len(hashes) == 1 and None not in hashes else None
+
+
+def test_prepared_statements_through_pgbouncer_with_more_clients_than_server_connections(kubectl, shop):
+    """maxPreparedStatements (default 200): protocol-level prepared statements work in
+    transaction mode. The primary route's pool is shrunk to 2 server connections per PgBouncer
+    (reloaded, no restart); 8 pgbench clients in as many threads (its prepares block) run 25
+    transactions each through the Service, so one PgBouncer at least serves 4 clients with 2
+    server connections, preparing each statement on whichever one runs the transaction."""
+    password = secret_value(kubectl, shop, "shop-app")
+    spec = kubectl.json("-n", shop, "get", "sdc", "shop")["spec"]["pgbouncer"]
+    assert spec["poolMode"] == "transaction" and spec["maxPreparedStatements"] > 0 and spec["instances"] == 2
+    before = wait_for(lambda: pgbouncer_config_hash(kubectl, shop), 120, "every PgBouncer running its pgbouncer.ini")
+
+    def primary_pool(size: int) -> None:
+        kubectl("-n", shop, "patch", "sdc", "shop", "--type=merge",
+                "-p", json.dumps({"spec": {"pgbouncer": {"primaryPoolSize": size}}}))
+
+    primary_pool(2)
+    try:
+        wait_for(lambda: pgbouncer_config_hash(kubectl, shop) not in (None, before), 120,
+                 "every PgBouncer reloaded with a primary pool of 2", interval=1)
+        run = ('IFS= read -r PGPASSWORD; export PGPASSWORD; '
+               'pgbench -n -M prepared -c 8 -j 8 -t 25 -f <(printf "%s" "$2") "$1"')
+        conninfo = "host=shop-pgbouncer port=5432 dbname=shop user=shop connect_timeout=10"
+        proc = kubectl("-n", shop, "exec", "-i", "shop-1-0", "-c", "postgres", "--", "bash", "-c", run, "pgbench",
+                       conninfo, PREPARED_SCRIPT, input=password + "\n", timeout=180, check=False)
+        assert proc.returncode == 0, f"pgbench failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        assert "number of transactions actually processed: 200/200" in proc.stdout, proc.stdout
+    finally:
+        primary_pool(spec["primaryPoolSize"])
+        wait_for(lambda: pgbouncer_config_hash(kubectl, shop) == before, 120,
+                 "every PgBouncer back on its primary pool", interval=1)
 
 
 def test_redis_answers_with_its_password(kubectl, shop):
@@ -200,6 +260,23 @@ def test_an_invalid_cluster_can_be_deleted(kubectl, images, operator, namespace)
     left = kubectl.json("-n", namespace, "get", "statefulsets,deployments,services,configmaps,secrets,pvc",
                         "-l", "shopdb.io/cluster=bad")["items"]
     assert left == [], [f"{i['kind']}/{i['metadata']['name']}" for i in left]
+
+
+def test_the_load_benchmark_runs_on_the_example_cluster(kubectl, shop):
+    """tests/bench/load.py --smoke: a tiny marketplace in its own schema, every scenario for
+    a few seconds through PgBouncer and straight to the instances, EXPLAIN and
+    pg_stat_statements (which the operator preloads and creates at bootstrap). It asserts
+    that everything ran without errors, not how fast."""
+    if not is_local_cluster(kubectl):
+        pytest.skip("the benchmark reaches Services and pods by their cluster addresses, which only the local "
+                    "cluster (tests/cluster/localkube) routes to the test host")
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "bench" / "load.py"), "--smoke", "--namespace", shop,
+                           "--cluster", "shop", "--kubeconfig", kubectl.kubeconfig],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{proc.stdout[-8000:]}\n{proc.stderr[-4000:]}"
+    assert "smoke: every scenario ran" in proc.stdout
+    extensions = psql(kubectl, shop, "shop-1-0", "select extname from pg_extension order by 1", "shop")
+    assert "pg_stat_statements" in extensions.splitlines()
 
 
 def test_deleting_the_cluster_keeps_its_volumes(kubectl, shop):

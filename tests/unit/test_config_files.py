@@ -6,6 +6,7 @@ import configparser
 import re
 
 import pytest
+from pydantic import ValidationError
 
 from shopdb_operator.api.spec import ClusterSpec, ComputeResources
 from shopdb_operator.builders import config_files
@@ -101,6 +102,21 @@ def test_analytics_replica_settings_only_on_the_analytics_replica():
     assert kb(analytics["work_mem"]) > kb(plain["work_mem"])
 
 
+def test_pg_stat_statements_is_loaded_everywhere_unless_the_user_lists_libraries():
+    for analytics in (False, True):
+        conf = settings(config_files.postgresql_conf(spec(), ComputeResources(), analytics))
+        assert conf["shared_preload_libraries"] == "pg_stat_statements"
+        assert conf["pg_stat_statements.max"] == "5000"
+        assert conf["pg_stat_statements.track"] == "top"
+        assert conf["pg_stat_statements.track_utility"] == "off"
+    own = settings(config_files.postgresql_conf(
+        spec(parameters={"shared_preload_libraries": "auto_explain", "pg_stat_statements.track": "all",
+                         "auto_explain.log_min_duration": "1s"}), ComputeResources(), False))
+    assert own["shared_preload_libraries"] == "auto_explain"  # replaces ours, not added to it
+    assert own["pg_stat_statements.track"] == "all"
+    assert own["auto_explain.log_min_duration"] == "1s"
+
+
 def test_synchronous_replication_waits_for_any_n_promotable_instances():
     sync = spec(synchronous={"enabled": True, "number": 2})
     conf = settings(config_files.postgresql_conf(sync, ComputeResources(), False, ["shop-1", "shop-2", "shop-3"]))
@@ -158,6 +174,19 @@ def test_pgbouncer_routes_each_virtual_database_with_its_pool():
     assert bouncer["listen_port"] == "5432"
     assert bouncer["reserve_pool_size"] == "0"
     assert bouncer["ignore_startup_parameters"] == "extra_float_digits"
+    assert bouncer["max_prepared_statements"] == "200"
+
+
+@pytest.mark.parametrize("value", [0, 1, 5000])
+def test_pgbouncer_max_prepared_statements_from_the_spec_0_disables(value):
+    spec = ClusterSpec.model_validate({"pgbouncer": {"maxPreparedStatements": value}})
+    assert spec.pgbouncer.max_prepared_statements == value
+    assert ini(config_files.pgbouncer_ini(spec, BACKENDS))["pgbouncer"]["max_prepared_statements"] == str(value)
+
+
+def test_pgbouncer_max_prepared_statements_is_not_negative():
+    with pytest.raises(ValidationError, match="maxPreparedStatements"):
+        ClusterSpec.model_validate({"pgbouncer": {"maxPreparedStatements": -1}})
 
 
 def test_pgbouncer_without_read_only_route_and_with_other_settings():

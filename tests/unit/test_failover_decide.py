@@ -95,6 +95,8 @@ def seen(observation: Observation, incarnation: str = "uid-1/0", **changes) -> O
                  error="OperationalError"), "it restarted"),
     (Observation("shop-1", pod_exists=True, container_running=True, incarnation="uid-1/0",
                  error=decide.CONNECTION_REFUSED), "nothing listens on its PostgreSQL port"),
+    (Observation("shop-1", pod_exists=True, container_running=True, incarnation="uid-1/0",
+                 error=decide.SHUTTING_DOWN), "it is shutting down"),
 ])
 def test_a_primary_that_is_certainly_down_fails_over_at_once(failure, why):
     tracker = HealthTracker().record("shop-1", seen(healthy_primary()))

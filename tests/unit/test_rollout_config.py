@@ -74,13 +74,16 @@ def test_pgbouncer_runs_with_its_file_when_show_config_and_show_databases_agree(
 
     ini = pgbouncer_config_map(make_context())["data"]["pgbouncer.ini"]
     settings, databases = config.pgbouncer_expected(ini)
-    assert settings == {"pool_mode": "transaction", "max_client_conn": "1000", "default_pool_size": "100"}
+    assert settings == {"pool_mode": "transaction", "max_client_conn": "1000", "default_pool_size": "100",
+                        "max_prepared_statements": "200"}
     assert databases["shop"] == {"host": "shop-rw", "port": "5432", "dbname": "shop", "pool_size": "30"}
-    show_config = {"pool_mode": "transaction", "max_client_conn": "1000", "default_pool_size": "100", "x": "1"}
+    show_config = {"pool_mode": "transaction", "max_client_conn": "1000", "default_pool_size": "100",
+                   "max_prepared_statements": "200", "x": "1"}
     show_databases = {name: {"host": d["host"], "port": d["port"], "database": d["dbname"], "pool_size": d["pool_size"]}
                       for name, d in databases.items()} | {"pgbouncer": {"host": "None"}}
     assert config.pgbouncer_loaded(ini, show_config, show_databases)
     assert not config.pgbouncer_loaded(ini, show_config | {"max_client_conn": "500"}, show_databases)
+    assert not config.pgbouncer_loaded(ini, show_config | {"max_prepared_statements": "0"}, show_databases)
     smaller = {**show_databases, "shop": {**show_databases["shop"], "pool_size": "29"}}
     assert not config.pgbouncer_loaded(ini, show_config, smaller)
     assert not config.pgbouncer_loaded(ini, show_config, {k: v for k, v in show_databases.items() if k != "shop_search"})

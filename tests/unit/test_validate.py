@@ -41,6 +41,14 @@ def test_without_a_settings_table_integers_are_still_checked():
     assert parse_spec({"postgres": {"version": 17, "parameters": {"work_mem": "banana"}}})  # the reload check catches it
 
 
+def test_extension_settings_and_a_users_own_preload_libraries_are_accepted():
+    spec = parse_spec({"postgres": {"parameters": {
+        "shared_preload_libraries": "pg_stat_statements,auto_explain", "pg_stat_statements.max": "10000",
+        "pg_stat_statements.track": "all", "pg_stat_statements.track_utility": "on",
+        "auto_explain.log_min_duration": "250ms"}}})
+    assert spec.postgres.parameters["pg_stat_statements.max"] == "10000"
+
+
 def test_shared_buffers_must_fit_the_smaller_role():
     text = problems({"postgres": {"parameters": {"shared_buffers": "64GB"},
                                   "resources": {"primary": {"memory": "256Mi"}}}})

@@ -188,7 +188,13 @@ class PgBouncerSpec(_Model):
     max_client_conn: int = Field(1000, ge=1, le=100000, description="Client connections per instance.")
     primary_pool_size: int = Field(30, ge=1, le=1000, description="Server connections per instance to the primary.")
     read_only_pool_size: int = Field(20, ge=0, le=1000, description="Server connections per instance for the read-only route across promotable replicas (0: no such route).")
-    image: str = Field("edoburu/pgbouncer:v1.23.1-p2", min_length=1, description="PgBouncer image (needs /bin/sh).")
+    max_prepared_statements: int = Field(
+        200, ge=0,
+        description="PgBouncer max_prepared_statements: makes protocol-level prepared statements work in "
+                    "transaction mode, PgBouncer preparing each on whichever server connection runs it "
+                    "(PgBouncer >= 1.21; 0 disables).",
+    )
+    image: str = Field("edoburu/pgbouncer:v1.24.1-p1", min_length=1, description="PgBouncer image (needs /bin/sh; PgBouncer >= 1.21).")
     resources: ComputeResources = Field(default_factory=lambda: ComputeResources(cpu="1", memory="512Mi"))
 
 

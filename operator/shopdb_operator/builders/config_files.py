@@ -159,6 +159,14 @@ def postgresql_conf(
         "log_autovacuum_min_duration": "1s",
         "track_io_timing": "on",
         "idle_in_transaction_session_timeout": "10min",
+        # Where the time goes, per normalized statement, on every instance (the extension is
+        # created in the application database when the primary is bootstrapped). A user's
+        # shared_preload_libraries replaces this one: list pg_stat_statements in it to keep it.
+        "shared_preload_libraries": "pg_stat_statements",
+        "pg_stat_statements.max": "5000",
+        "pg_stat_statements.track": "top",
+        # BEGIN, COMMIT, SET and the like would crowd out the statements that do the work.
+        "pg_stat_statements.track_utility": "off",
     }
     if analytics:
         settings.update(_analytics_settings())
@@ -197,8 +205,8 @@ def pgbouncer_ini(
     """pgbouncer.ini routing `<db>` to the primary and `<db>_<route>` to each route's backend.
 
     `backends` maps "primary", "ro" and every replica route name to (host, port).
-    The auth file is written into `run_dir` by pgbouncer-start.sh. Options are limited to
-    those PgBouncer 1.18 to 1.23 all understand (unknown ones are fatal).
+    The auth file is written into `run_dir` by pgbouncer-start.sh. Requires PgBouncer >= 1.21
+    (max_prepared_statements; PgBouncer refuses to start on an option it does not know).
     """
     db = spec.postgres.database
     bouncer = spec.pgbouncer
@@ -243,6 +251,9 @@ def pgbouncer_ini(
         "query_wait_timeout": "30",
         "client_login_timeout": "30",
         "idle_transaction_timeout": "600",
+        # Protocol-level prepared statements in transaction mode: PgBouncer tracks each
+        # client's and prepares it on whichever server connection runs it (0: off).
+        "max_prepared_statements": str(bouncer.max_prepared_statements),
         # Services get new endpoints on failover; do not cache addresses for long.
         "dns_max_ttl": "5",
         "tcp_keepalive": "1",

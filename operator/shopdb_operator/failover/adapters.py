@@ -187,27 +187,58 @@ class PgBouncerPoolers:
     """Poolers (execute.py): every PgBouncer the `resolve` callable lists, by (name, address).
 
     A PgBouncer that cannot be reached is skipped, not waited for: a new one starts with
-    no server connection at all, and waiting would hold the failover on a dead pod."""
+    no server connection at all, and waiting would hold the failover on a dead pod.
+
+    A failover (not graceful) holds without `KILL <db>`, which drops every client, idle ones
+    included, and which crashes PgBouncer now and then (pgbouncer/pgbouncer#1401, 1.24.1
+    too). Instead: `PAUSE <db>` (new transactions wait in PgBouncer; idle server connections
+    are closed by its pause loop), sent without waiting for its answer, which comes only once
+    no server connection is in use; then `KILL_CLIENT` (1.24+) for each client in the middle
+    of a transaction, the only ones linked to a server connection: their transactions on the
+    old primary fail anyway, and a server connection to a primary cut off from the network
+    would otherwise hold its pool slot until TCP gives up. Idle clients keep their
+    connections and simply wait. A PgBouncer older than 1.24 gets `KILL <db>` as before."""
 
     def __init__(self, resolve: Callable[[], list[tuple[str, Address]]], password: str,
                  user: str = PGBOUNCER_ADMIN_USER):
         self.resolve, self.password, self.user = resolve, password, user
 
     def _each(self, commands: list[str], database: str) -> list[str]:
+        return self._on_each(lambda conn: [postgres.pgbouncer_command(conn, c, database) for c in commands],
+                             "/".join(commands))
+
+    def _on_each(self, action: Callable[[postgres.psycopg.Connection], object], what: str) -> list[str]:
         done = []
         for name, (host, port) in self.resolve():
             try:
                 with postgres.pgbouncer_admin(host, port, self.user, self.password) as conn:
-                    for command in commands:
-                        postgres.pgbouncer_command(conn, command, database)
+                    action(conn)
                 done.append(name)
             except postgres.Error as err:
-                log.warning("PgBouncer %s: %s not applied: %s", name, "/".join(commands), type(err).__name__)
+                log.warning("PgBouncer %s: %s not applied: %s", name, what, type(err).__name__)
         return done
+
+    def _hold_without_kill(self, conn: postgres.psycopg.Connection, database: str) -> None:
+        if postgres.pgbouncer_version(conn) < (1, 24):
+            postgres.pgbouncer_command(conn, "KILL", database)
+            return
+        host, port = conn.info.host, conn.info.port
+        pausing = postgres.pgbouncer_admin(host, port, self.user, self.password)
+        try:  # (no `with`: its exit would send COMMIT behind the unanswered command)
+            postgres.pgbouncer_send_command(pausing, "PAUSE", database)
+            # The pause takes effect as the command is read; its answer may never come while
+            # a client is linked to a dead server: do not wait for it beyond this.
+            postgres.pgbouncer_wait_answer(pausing, seconds=0.5)
+            killed = postgres.pgbouncer_kill_linked_clients(conn, database)
+        finally:
+            pausing.close()  # the pause stays: only RESUME ends it
+        if killed:
+            log.info("PgBouncer %s:%s: %s client(s) in a transaction on the old primary disconnected",
+                     host, port, killed)
 
     def hold(self, database: str, graceful: bool) -> list[str]:
         if not graceful:
-            return self._each(["KILL"], database)
+            return self._on_each(lambda conn: self._hold_without_kill(conn, database), "PAUSE/KILL_CLIENT")
         # PAUSE returns only once running transactions ended: bounded, so that a stuck client
         # cannot hold a switchover (its transaction ends with the old primary's shutdown).
         pool = ThreadPoolExecutor(max_workers=1)
@@ -221,6 +252,11 @@ class PgBouncerPoolers:
             return []
 
     def release(self, database: str, graceful: bool) -> list[str]:
+        # After a switchover's PAUSE timed out, server connections to the old primary may be
+        # left: RECONNECT closes them once released. Not after a failover's hold: none is left
+        # (paused pools close theirs, KILL_CLIENT freed the busy ones), and RECONNECT would make
+        # a server login under way fail, which makes PgBouncer refuse every client with
+        # "server login has been failing" until its next login succeeds.
         return self._each(["RECONNECT", "RESUME"] if graceful else ["RESUME"], database)
 
 

@@ -33,6 +33,7 @@ TARGET_NOT_ELIGIBLE = "SwitchoverTargetNotEligible"
 
 HISTORY_LENGTH = 10
 CONNECTION_REFUSED = "ConnectionRefused"  # Observation.error when the TCP handshake was refused
+SHUTTING_DOWN = "ShuttingDown"  # Observation.error when the server refused the login: it is shutting down
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,9 @@ class Observation:
             return "its container is not running"
         if self.error == CONNECTION_REFUSED:
             return "nothing listens on its PostgreSQL port"
+        if self.error == SHUTTING_DOWN:
+            # killed (immediate shutdown), stopped, or fenced by its agent: it is going away
+            return "it is shutting down"
         return ""
 
     @property

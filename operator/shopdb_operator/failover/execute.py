@@ -69,13 +69,13 @@ class Poolers(Protocol):
     """Every PgBouncer of the cluster, through its admin console."""
 
     def hold(self, database: str, graceful: bool) -> list[str]:
-        """Stop traffic to the old primary, holding new transactions in PgBouncer: PAUSE
-        when graceful (running transactions finish first), else KILL (server connections
-        to a dead or cut-off primary are dropped now). Returns the PgBouncers done."""
+        """Stop traffic to the old primary, holding new transactions in PgBouncer: PAUSE,
+        waiting for running transactions when graceful; else without waiting, and the
+        clients in a transaction on the dead or cut-off primary are disconnected (idle
+        clients keep their connections). Returns the PgBouncers done."""
 
     def release(self, database: str, graceful: bool) -> list[str]:
-        """Let held clients through to the new primary: RECONNECT + RESUME after a PAUSE,
-        RESUME after a KILL."""
+        """Let held clients through to the new primary (RESUME)."""
 
 
 @dataclass(frozen=True)

@@ -3,21 +3,40 @@
 Checks are bounded (0.5 s for the TCP handshake, 2 s connect, 2 s statement), in parallel,
 so a check of a whole cluster takes at most a few seconds even when every instance hangs,
 and half a second when one has vanished.
+
+Given the cluster's InstanceConnections (connections.py), a check reuses the connection the
+previous check left open, under the same bounds: its query must be acknowledged by the
+peer's TCP stack within 0.5 s and answered within 2 s, and a kept connection that fails at
+once (the server restarted or stopped) is closed and the check made afresh, so each check
+reports what a fresh connection would have.
 """
 
 from __future__ import annotations
 
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
 
 from .. import postgres
 from ..builders.agent import AGENT
-from .decide import CONNECTION_REFUSED, Observation
+from .connections import HEALTH_SQL, InstanceConnections, Target, Unreachable, bounded_row, close_quietly
+from .decide import CONNECTION_REFUSED, SHUTTING_DOWN, Observation
 
 CONNECT_TIMEOUT_SECONDS = 2  # libpq's minimum
 PORT_CHECK_SECONDS = 0.5
 STATEMENT_TIMEOUT_MS = 2000
+ANSWER_SECONDS = CONNECT_TIMEOUT_SECONDS  # a kept connection's query: as long as a fresh connection may take
+TIMEOUT = postgres.psycopg.errors.ConnectionTimeout  # no answer within ANSWER_SECONDS (a hung server)
+# A fresh connection's query: the server's statement_timeout answers first (QueryCanceled);
+# this only ends the wait on a server that stopped answering right after the handshake.
+FRESH_ANSWER_SECONDS = STATEMENT_TIMEOUT_MS / 1000 + 1
+# A kept connection's libpq and server session: the kernel gives up on unacknowledged data
+# within the check's bound, and both sides notice a peer gone while idle between checks.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 3, "keepalives_count": 3,
+              "tcp_user_timeout": CONNECT_TIMEOUT_SECONDS * 1000}
+SESSION_OPTIONS = (f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c tcp_keepalives_idle=10 "
+                   f"-c tcp_keepalives_interval=3 -c tcp_keepalives_count=3")
 
 
 def pod_state(pod: dict | None) -> dict:
@@ -53,20 +72,81 @@ def tcp_check(host: str, port: int) -> str:
         return "Unreachable"
 
 
-def observe_sql(name: str, host: str | None, port: int, password: str, **pod_fields) -> Observation:
-    """Connect as superuser and read health(); a failure is recorded by class name only."""
+def observe_sql(name: str, host: str | None, port: int, password: str,
+                connections: InstanceConnections | None = None, **pod_fields) -> Observation:
+    """Connect as superuser and read health(); a failure is recorded by class name only.
+    With `connections`, the previous check's connection is reused and this one's kept."""
     if not host:
+        if connections is not None:
+            connections.drop(name)
         return Observation(name, error="NoAddress", **pod_fields)
+    if connections is not None and pod_fields.get("pod_deleting"):
+        # Checked as before, afresh: a smart shutdown ends no session but refuses new ones.
+        connections.drop(name)
+        connections = None
+    target = Target.of(host, port, str(pod_fields.get("pod_uid") or ""), password)
+    kept = connections.take(name, target) if connections is not None else None
+    if kept is not None:
+        conn, started = kept.conn, time.monotonic()
+        try:
+            health = _health(conn, ANSWER_SECONDS)
+        except Unreachable:
+            close_quietly(conn)
+            return Observation(name, error="Unreachable", **pod_fields)  # what tcp_check says of it
+        except postgres.Error as err:
+            close_quietly(conn)
+            if isinstance(err, TIMEOUT) or time.monotonic() - started >= PORT_CHECK_SECONDS:
+                return Observation(name, error=type(err).__name__, **pod_fields)
+            # Failed at once: the server restarted or stopped since. Check afresh, as without a
+            # kept connection (a refused handshake then says that nothing listens).
+        except BaseException:
+            close_quietly(conn)
+            raise
+        else:
+            return _healthy(name, health, pod_fields, connections, target, conn, kept.born)
     problem = tcp_check(host, port)
     if problem:
         return Observation(name, error=problem, **pod_fields)
+    conn = None
     try:
-        with postgres.connect(host=host, port=port, user="postgres", password=password, dbname="postgres",
-                              connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                              statement_timeout_ms=STATEMENT_TIMEOUT_MS) as conn:
-            health = postgres.health(conn)
+        conn = postgres.connect(host=host, port=port, user="postgres", password=password, dbname="postgres",
+                                connect_timeout=CONNECT_TIMEOUT_SECONDS, statement_timeout_ms=STATEMENT_TIMEOUT_MS,
+                                options=SESSION_OPTIONS, **KEEPALIVES)
+        health = _health(conn, FRESH_ANSWER_SECONDS)
     except postgres.Error as err:
-        return Observation(name, error=type(err).__name__, **pod_fields)
+        close_quietly(conn)
+        return Observation(name, error=_error_name(err),
+                           **pod_fields)
+    except BaseException:
+        close_quietly(conn)
+        raise
+    return _healthy(name, health, pod_fields, connections, target, conn)
+
+
+def _error_name(err: Exception) -> str:
+    """What Observation.error records of a failed fresh check: a class name, never the text
+    (it may quote a DSN), but a login the server refused because it is shutting down (SQLSTATE
+    57P03, also sent while starting up: told apart by its words) is named: the instance is
+    going away, which decide.Observation.down treats like a refused connection."""
+    if isinstance(err, Unreachable):
+        return "Unreachable"
+    if getattr(err, "sqlstate", None) in (None, "57P03") and "the database system is shutting down" in str(err):
+        return SHUTTING_DOWN
+    return type(err).__name__
+
+
+def _health(conn, answer_within: float) -> postgres.Health:
+    """postgres.health(), with the wait for the answer bounded on this side too."""
+    row = bounded_row(conn, HEALTH_SQL, answer_within=answer_within, ack_within=PORT_CHECK_SECONDS)
+    return postgres.Health(row[0] == "t", *row[1:])
+
+
+def _healthy(name: str, health: postgres.Health, pod_fields: dict, connections: InstanceConnections | None,
+             target: Target, conn, born: float | None = None) -> Observation:
+    if connections is not None:
+        connections.keep(name, target, conn, born)
+    else:
+        close_quietly(conn)
 
     def lsn(value: str | None) -> int | None:
         return postgres.lsn_to_int(value) if value else None
@@ -77,14 +157,18 @@ def observe_sql(name: str, host: str | None, port: int, password: str, **pod_fie
         streaming=health.receiver_status == "streaming", **pod_fields)
 
 
-def observe_all(targets: Iterable[tuple[str, str | None, int, dict]], password: str) -> dict[str, Observation]:
+def observe_all(targets: Iterable[tuple[str, str | None, int, dict]], password: str,
+                connections: InstanceConnections | None = None) -> dict[str, Observation]:
     """Observe (name, host, port, pod fields) in parallel: one slow instance must not delay
-    the primary's check."""
+    the primary's check. With `connections` (the cluster's), connections are reused, and
+    those of instances not among `targets` closed."""
     targets = list(targets)
+    if connections is not None:
+        connections.retain(t[0] for t in targets)
     if not targets:
         return {}
     with ThreadPoolExecutor(max_workers=len(targets)) as pool:
-        results = pool.map(lambda t: observe_sql(t[0], t[1], t[2], password, **t[3]), targets)
+        results = pool.map(lambda t: observe_sql(t[0], t[1], t[2], password, connections, **t[3]), targets)
         return {o.name: o for o in results}
 
 

@@ -30,6 +30,7 @@ from ..builders.common import POSTGRES_PORT
 from ..builders.agent import lease_timing, primary_lease
 from ..builders.secrets import PGBOUNCER_CREDENTIAL, SUPERUSER_CREDENTIAL
 from ..failover import decide, execute, monitor
+from ..failover.connections import InstanceConnections
 from ..failover.adapters import (SWITCHOVER_ANNOTATION, KubeCluster, PgBouncerPoolers, SqlDatabases, database_pods,
                                  pgbouncer_addresses, pod_address, secret_password)
 from ..kube.client import Kube, KubeError
@@ -79,6 +80,8 @@ class Memory:
     fenced: tuple | None = None  # the PrimaryFenced condition last written: (fenced, holder)
     warned_unhealthy: bool = False
     partitions_checked: datetime.datetime | None = None
+    # The checks' connections, kept open between checks; closed when the daemon ends.
+    connections: InstanceConnections = field(default_factory=InstanceConnections)
 
 
 @dataclass
@@ -96,7 +99,7 @@ class Check:
 
 
 def observe(kube: Kube, name: str, namespace: str, spec: ClusterSpec, status: dict, annotations: dict,
-            password: str) -> Check:
+            password: str, connections: InstanceConnections | None = None) -> Check:
     topology = plan_topology(name, spec, status.get("topology"))
     pods = database_pods(kube, namespace, name)
     targets = []
@@ -104,7 +107,8 @@ def observe(kube: Kube, name: str, namespace: str, spec: ClusterSpec, status: di
         pod = pods.get(instance.name)
         address = pod_address(pod)
         targets.append((instance.name, address[0] if address else None, POSTGRES_PORT, monitor.pod_state(pod)))
-    return Check(name, namespace, spec, status, annotations, topology, monitor.observe_all(targets, password), pods)
+    return Check(name, namespace, spec, status, annotations, topology,
+                 monitor.observe_all(targets, password, connections), pods)
 
 
 def health_status(check: Check, tracker: decide.HealthTracker) -> dict:
@@ -130,8 +134,9 @@ def _summary(health: dict) -> tuple:
 class Actor:
     """Everything that acts on one cluster during one check."""
 
-    def __init__(self, kube: Kube, check: Check, password: str, post_event, body: dict):
-        self.kube, self.check = kube, check
+    def __init__(self, kube: Kube, check: Check, password: str, post_event, body: dict,
+                 connections: InstanceConnections | None = None):
+        self.kube, self.check, self.connections = kube, check, connections
 
         def templates(topology: dict) -> list[dict] | None:
             return instance_templates(check.name, check.namespace, body["metadata"]["uid"], body.get("spec"),
@@ -187,7 +192,8 @@ def run_failover(kube: Kube, actor: Actor, state: dict, name: str, namespace: st
             break
         elif result.step in OBSERVED_ENOUGH_AFTER:
             continue
-        check = observe(kube, name, namespace, check.spec, check.status, check.annotations, password)
+        check = observe(kube, name, namespace, check.spec, check.status, check.annotations, password,
+                        actor.connections)
         actor.check = check
     return state
 
@@ -222,13 +228,13 @@ def check_cluster(kube: Kube, memory: Memory, name: str, namespace: str, body: d
     if not password:
         raise kopf.TemporaryError("the superuser Secret is not there yet", delay=5)
     annotations = dict((body.get("metadata") or {}).get("annotations") or {})
-    check = observe(kube, name, namespace, spec, status, annotations, password)
+    check = observe(kube, name, namespace, spec, status, annotations, password, memory.connections)
     primary = check.topology.primary
     if not decide.nothing_reachable(check.observations):
         memory.tracker = memory.tracker.record(primary, check.observations.get(primary))
     if not lease(kube).held():
         return  # another operator replica acts (and records) for this cluster
-    actor = Actor(kube, check, password, post_event, body)
+    actor = Actor(kube, check, password, post_event, body, memory.connections)
 
     now = _now()
     health = health_status(check, memory.tracker)
@@ -337,6 +343,34 @@ def locked_check(memory: Memory, name: str, namespace: str, post_event, logger) 
             check_cluster(client, memory, name, namespace, current, post_event, logger)
 
 
+async def wait_for_next_check(stopped, interval: float, sockets: list[int]) -> bool:
+    """Wait `interval` seconds, or until the operator stops, or until one of the kept check
+    connections' `sockets` has something to read; True in that last case. An idle session
+    gets nothing from its server unless the server ends it: a killed PostgreSQL (its
+    backends' sockets closed), a shutdown or a deleted pod is checked at once, not at the
+    next interval, which is when PgBouncer starts refusing its clients ("server login has
+    been failing") until the failover holds them."""
+    loop = asyncio.get_running_loop()
+    readable = asyncio.Event()
+    watched = []
+    for fd in sockets:
+        try:
+            loop.add_reader(fd, readable.set)
+            watched.append(fd)
+        except (OSError, ValueError):
+            pass
+    timer = asyncio.ensure_future(stopped.wait(interval))
+    early = asyncio.ensure_future(readable.wait())
+    try:
+        done, _ = await asyncio.wait({timer, early}, return_when=asyncio.FIRST_COMPLETED)
+        return early in done and not timer.done()
+    finally:
+        for task in (timer, early):
+            task.cancel()
+        for fd in watched:
+            loop.remove_reader(fd)
+
+
 @kopf.daemon(*RESOURCE, cancellation_timeout=10)
 async def failover_daemon(name, namespace, body, stopped, logger, **_) -> None:
     """Checks until the cluster is deleted or the operator stops; `body` (kopf's view) only
@@ -350,20 +384,28 @@ async def failover_daemon(name, namespace, body, stopped, logger, **_) -> None:
     def post_event(type_: str, reason: str, message: str) -> None:
         kopf.event(body, type=type_, reason=reason, message=message)
 
-    while not stopped:
-        interval = 2
-        try:
-            interval = parse_spec(dict(body.get("spec") or {})).failover.check_interval_seconds
-        except InvalidSpec:
-            pass
-        try:
-            await asyncio.to_thread(locked_check, memory, name, namespace, post_event, logger)
-        except kopf.TemporaryError as err:
-            logger.info("failover check of %s/%s: %s", namespace, name, err)
-        except KubeError as err:
-            logger.warning("failover check of %s/%s: the API server refused: %s", namespace, name, err)
-        except (postgres.Error, RuntimeError) as err:  # a step failed: resumed at the next check
-            logger.warning("failover step of %s/%s failed: %s", namespace, name, type(err).__name__)
-        except Exception:  # a bug must not stop the checks of this cluster for kopf's backoff
-            logger.exception("failover check of %s/%s failed", namespace, name)
-        await stopped.wait(interval)
+    try:
+        woke_early = False
+        while not stopped:
+            interval = 2
+            try:
+                interval = parse_spec(dict(body.get("spec") or {})).failover.check_interval_seconds
+            except InvalidSpec:
+                pass
+            try:
+                await asyncio.to_thread(locked_check, memory, name, namespace, post_event, logger)
+            except kopf.TemporaryError as err:
+                logger.info("failover check of %s/%s: %s", namespace, name, err)
+            except KubeError as err:
+                logger.warning("failover check of %s/%s: the API server refused: %s", namespace, name, err)
+            except (postgres.Error, RuntimeError) as err:  # a step failed: resumed at the next check
+                logger.warning("failover step of %s/%s failed: %s", namespace, name, type(err).__name__)
+            except Exception:  # a bug must not stop the checks of this cluster for kopf's backoff
+                logger.exception("failover check of %s/%s failed", namespace, name)
+            # Not twice in a row: a socket left readable (a check that did not get to read it)
+            # must not turn the checks into a busy loop.
+            woke_early = await wait_for_next_check(stopped, interval, [] if woke_early else memory.connections.sockets())
+    finally:
+        # The cluster is deleted or the operator stops: its sessions end with it (a check
+        # still running in its thread closes its connection instead of keeping it).
+        memory.connections.close()

@@ -6,6 +6,9 @@ statement_timeout, so a hung server costs the caller seconds, never a stuck hand
 
 from __future__ import annotations
 
+import re
+import select
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -246,9 +249,68 @@ def pgbouncer_command(conn: psycopg.Connection, command: str, database: str) -> 
     """Run an admin command (PAUSE, RESUME, KILL, RECONNECT) on one virtual database.
 
     `database` is an identifier we generated (spec pattern), quoted for the console."""
-    if not all(c.isalnum() or c == "_" for c in database):
+    conn.execute(f"{command} {_console_database(database)}", prepare=False)
+
+
+def _console_database(database: str) -> str:
+    if not database or not all(c.isalnum() or c == "_" for c in database):
         raise ValueError(f"not a PgBouncer database name: {database!r}")
-    conn.execute(f'{command} "{database}"', prepare=False)
+    return f'"{database}"'
+
+
+def pgbouncer_send_command(conn: psycopg.Connection, command: str, database: str) -> None:
+    """Send an admin command without waiting for its answer (PAUSE answers only once no
+    server connection of the database is in use)."""
+    conn.pgconn.send_query(f"{command} {_console_database(database)}".encode())
+    while conn.pgconn.flush():
+        select.select([], [conn.pgconn.socket], [], 1)
+
+
+def pgbouncer_wait_answer(conn: psycopg.Connection, seconds: float) -> bool:
+    """Wait up to `seconds` for the answer to a command sent with pgbouncer_send_command;
+    True when it came (an error answer raises)."""
+    deadline = time.monotonic() + seconds
+    pgconn = conn.pgconn
+    while pgconn.is_busy():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        select.select([pgconn.socket], [], [], remaining)
+        pgconn.consume_input()
+    while (result := pgconn.get_result()) is not None:
+        if result.status == psycopg.pq.ExecStatus.FATAL_ERROR:
+            message = (result.error_message or b"").decode(errors="replace").strip()
+            raise psycopg.OperationalError(message)
+    return True
+
+
+def pgbouncer_version(conn: psycopg.Connection) -> tuple[int, ...]:
+    """(major, minor, patch) from SHOW VERSION ("PgBouncer 1.24.1")."""
+    text = str(conn.execute("SHOW VERSION", prepare=False).fetchone()[0])
+    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    if match is None:
+        raise psycopg.OperationalError(f"unexpected PgBouncer version: {text[:80]!r}")
+    return tuple(int(part or 0) for part in match.groups())
+
+
+def pgbouncer_kill_linked_clients(conn: psycopg.Connection, database: str) -> int:
+    """KILL_CLIENT (PgBouncer 1.24+) each client of `database` linked to a server connection,
+    i.e. in the middle of a transaction in transaction pooling; returns how many. A client
+    gone in between is not an error."""
+    _console_database(database)
+    cursor = conn.execute("SHOW CLIENTS", prepare=False)
+    names = [c.name for c in cursor.description]
+    killed = 0
+    for row in (dict(zip(names, values)) for values in cursor.fetchall()):
+        if row.get("database") != database or not row.get("link"):
+            continue
+        try:
+            conn.execute(f"KILL_CLIENT {int(row['id'])}", prepare=False)
+            killed += 1
+        except psycopg.Error as err:
+            if "client not found" not in str(err):
+                raise
+    return killed
 
 
 def pgbouncer_show(conn: psycopg.Connection, what: str) -> list[dict[str, object]]:

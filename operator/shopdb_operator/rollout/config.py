@@ -108,7 +108,7 @@ def all_loaded(desired: Mapping[str, str], loaded: Mapping[str, Mapping]) -> boo
 # Settings the spec changes, all reloadable (RELOAD through the admin console keeps every
 # client connection). What needs a restart (listen address, its start script) is on the
 # Deployment's template instead.
-PGBOUNCER_RELOADED_KEYS = ("pool_mode", "max_client_conn", "default_pool_size")
+PGBOUNCER_RELOADED_KEYS = ("pool_mode", "max_client_conn", "default_pool_size", "max_prepared_statements")
 
 
 def pgbouncer_expected(ini: str) -> tuple[dict[str, str], dict[str, dict[str, str]]]:

@@ -110,6 +110,20 @@ SQL
     log "roles, database '$SHOPDB_DATABASE' and slots [${SHOPDB_PEER_SLOTS:-}] are in place"
 }
 
+# pg_stat_statements (postgresql.conf preloads it) in the application database, where its
+# view is read: it is not a trusted extension, so the owner could not create it. Skipped when
+# the image lacks it (such an image needs its own spec.postgres.parameters
+# shared_preload_libraries, or the server would not start at all).
+create_extensions() {
+    private_psql -U postgres -d "$SHOPDB_DATABASE" <<SQL
+SELECT 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements'
+ WHERE EXISTS (SELECT FROM pg_available_extensions WHERE name = 'pg_stat_statements')
+\\gexec
+SQL
+    log "extensions in '$SHOPDB_DATABASE': $(private_psql -U postgres -d "$SHOPDB_DATABASE" \
+        -c "SELECT coalesce(string_agg(extname, ', ' ORDER BY extname), 'none') FROM pg_extension WHERE extname <> 'plpgsql'")"
+}
+
 run_init_sql() {
     [[ -f "$SHOPDB_INIT_SQL" ]] || return 0
     log "running $SHOPDB_INIT_SQL as $SHOPDB_OWNER in $SHOPDB_DATABASE"
@@ -129,6 +143,7 @@ bootstrap_primary() {
     rm -f "$pwfile"
     start_private_server "$staging"
     configure_primary
+    create_extensions
     run_init_sql
     stop_private_server "$staging"
     mv "$staging" "$PGDATA"

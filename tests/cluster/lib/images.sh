@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
-# Build the cluster's container images from one debootstrap'd Debian bookworm
-# (minbase) root filesystem and write them as OCI archives into the cache.
+# Build the cluster's container images from debootstrap'd Debian (minbase) root
+# filesystems, bookworm for all but PgBouncer (trixie: PgBouncer 1.24 with
+# max_prepared_statements), and write them as OCI archives into the cache.
 #
 #   images.sh all                 # pause, coredns, postgres, pgbouncer, redis, versitygw
 #   images.sh NAME                # one of them
+#   images.sh base [SUITE]        # the cached root filesystems (both, or bookworm|trixie)
 #   images.sh operator REPO_DIR   # localhost/shopdb/operator:dev from a repo checkout
 #
 # Prints nothing but progress; archives land in $IMG_CACHE/<name>-<key>.tar with
 # <name>-<key>.ref (image reference) and <name>-<key>.versions (dpkg versions).
+# The base root filesystems are cached as $IMG_CACHE/base-<suite>.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/versions.sh"
 IMG_CACHE=${IMG_CACHE:-$LK_CACHE/images}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-BASE=$IMG_CACHE/base-bookworm
+BASE_SUITES="bookworm trixie"   # the bases the recipes use (prune removes others)
 WORKDIR=$IMG_CACHE/work
 mkdir -p "$IMG_CACHE" "$WORKDIR"
 # Cache key of one image: its recipe (the shell function), the shared helpers, the
 # archive writer and the pinned versions. Editing one recipe rebuilds only that image.
 key_of() {
-  { declare -f "build_$1" mounted_chroot build_base new_rootfs slim archive
+  { declare -f "build_$1" mounted_chroot base_dir build_base new_rootfs slim archive
     cat "$HERE/mkimage.py" "$HERE/versions.sh"
     if [ "$1" = pause ]; then cat "$HERE/pause/main.go"; fi
     if [ "$1" = coredns ]; then cat "$HERE/build-tools.sh"; fi
@@ -41,36 +44,40 @@ mounted_chroot() {  # run "$@" inside rootfs $1 with /proc, /dev, resolv.conf
   return $rc
 }
 
-build_base() {
-  [ -f "$BASE/.complete" ] && return 0
-  log "debootstrap bookworm minbase from $MIRROR"
-  if [ ! -f "$BASE.partial/.debootstrapped" ]; then
-    rm -rf "$BASE.partial"
-    debootstrap --variant=minbase --include=ca-certificates bookworm "$BASE.partial" "$MIRROR" >&2
-    touch "$BASE.partial/.debootstrapped"
+base_dir() { echo "$IMG_CACHE/base-${1:-bookworm}"; }
+
+build_base() {  # build_base [SUITE]: the debootstrap'd minbase of bookworm (default) or trixie
+  local suite=${1:-bookworm} base
+  base=$(base_dir "$suite")
+  [ -f "$base/.complete" ] && return 0
+  log "debootstrap $suite minbase from $MIRROR"
+  if [ ! -f "$base.partial/.debootstrapped" ]; then
+    rm -rf "$base.partial"
+    debootstrap --variant=minbase --include=ca-certificates "$suite" "$base.partial" "$MIRROR" >&2
+    touch "$base.partial/.debootstrapped"
   fi
-  cat > "$BASE.partial/etc/apt/sources.list" <<SRC
-deb $MIRROR bookworm main
-deb $MIRROR bookworm-updates main
-deb ${MIRROR%/debian}/debian-security bookworm-security main
+  cat > "$base.partial/etc/apt/sources.list" <<SRC
+deb $MIRROR $suite main
+deb $MIRROR $suite-updates main
+deb ${MIRROR%/debian}/debian-security $suite-security main
 SRC
-  printf '#!/bin/sh\nexit 101\n' > "$BASE.partial/usr/sbin/policy-rc.d"; chmod +x "$BASE.partial/usr/sbin/policy-rc.d"
-  cat > "$BASE.partial/etc/dpkg/dpkg.cfg.d/01-shopdb-nodoc" <<'CFG'
+  printf '#!/bin/sh\nexit 101\n' > "$base.partial/usr/sbin/policy-rc.d"; chmod +x "$base.partial/usr/sbin/policy-rc.d"
+  cat > "$base.partial/etc/dpkg/dpkg.cfg.d/01-shopdb-nodoc" <<'CFG'
 path-exclude /usr/share/doc/*
 path-exclude /usr/share/man/*
 path-exclude /usr/share/info/*
 path-exclude /usr/share/locale/*
 path-exclude /usr/share/lintian/*
 CFG
-  echo 'APT::Install-Recommends "false"; APT::Install-Suggests "false";' > "$BASE.partial/etc/apt/apt.conf.d/01-shopdb"
-  mounted_chroot "$BASE.partial" "apt-get update -qq && apt-get -y -qq upgrade >/dev/null && apt-get clean"
-  rm -f "$BASE.partial/.debootstrapped"; touch "$BASE.partial/.complete"
-  mv "$BASE.partial" "$BASE"
+  echo 'APT::Install-Recommends "false"; APT::Install-Suggests "false";' > "$base.partial/etc/apt/apt.conf.d/01-shopdb"
+  mounted_chroot "$base.partial" "apt-get update -qq && apt-get -y -qq upgrade >/dev/null && apt-get clean"
+  rm -f "$base.partial/.debootstrapped"; touch "$base.partial/.complete"
+  mv "$base.partial" "$base"
 }
 
-new_rootfs() {  # copy of the base into $WORKDIR/$1, echo its path
+new_rootfs() {  # new_rootfs NAME [SUITE]: copy of that base into $WORKDIR/NAME, echo its path
   local r=$WORKDIR/$1
-  rm -rf "$r"; cp -a "$BASE" "$r"; rm -f "$r/.complete"
+  rm -rf "$r"; cp -a "$(base_dir "${2:-bookworm}")" "$r"; rm -f "$r/.complete"
   echo "$r"
 }
 
@@ -158,21 +165,25 @@ build_versitygw() {
   archive versitygw "$r" "$VERSITYGW_IMAGE" --entrypoint '["/versitygw"]' --user 65532 --workdir /data --port 7070/tcp
 }
 
+# Trixie's PgBouncer (bookworm's 1.18 has no max_prepared_statements). The operator's
+# pgbouncer-start.sh needs /bin/sh, sed, printf, mkdir, mv: all in minbase; no psql. bash
+# stays (Essential): the e2e tests use this image as "an image without pgBackRest".
 build_pgbouncer() {
   have pgbouncer && return 0
-  build_base; log "pgbouncer $PGBOUNCER_DEB"
-  local r; r=$(new_rootfs pgbouncer)
+  build_base trixie; log "pgbouncer $PGBOUNCER_TRIXIE_DEB (trixie)"
+  local r; r=$(new_rootfs pgbouncer trixie)
   mounted_chroot "$r" "
     groupadd -r pgbouncer --gid=70
     useradd -r -g pgbouncer --uid=70 --home-dir=/var/lib/pgbouncer --shell=/bin/sh pgbouncer
-    apt-get install -y -qq pgbouncer=$PGBOUNCER_DEB postgresql-client-15=$POSTGRES_DEB >/dev/null
+    apt-get install -y -qq pgbouncer=$PGBOUNCER_TRIXIE_DEB >/dev/null
+    pgbouncer --version | grep -qx 'PgBouncer ${PGBOUNCER_TRIXIE_DEB%%-*}'
     mkdir -p /var/lib/pgbouncer /var/run/pgbouncer /var/log/pgbouncer
     chown -R pgbouncer:pgbouncer /etc/pgbouncer /var/lib/pgbouncer /var/run/pgbouncer /var/log/pgbouncer
     apt-get clean"
   slim "$r" "$IMG_CACHE/pgbouncer-$(key_of pgbouncer)"
   archive pgbouncer "$r" "$PGBOUNCER_IMAGE" --cmd '["pgbouncer", "/etc/pgbouncer/pgbouncer.ini"]' \
     --user 70 --workdir /var/lib/pgbouncer --port 6432/tcp \
-    --env "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/lib/postgresql/15/bin"
+    --env "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 }
 
 build_redis() {
@@ -203,7 +214,7 @@ build_operator() {
   key=$(key_of operator); pybase=$IMG_CACHE/operator-base-$key
   if [ ! -f "$pybase/.complete" ]; then
     log "operator base: python3 $PYTHON_DEB + venv"
-    rm -rf "$pybase"; cp -a "$BASE" "$pybase"; rm -f "$pybase/.complete"
+    rm -rf "$pybase"; cp -a "$(base_dir bookworm)" "$pybase"; rm -f "$pybase/.complete"
     mounted_chroot "$pybase" "
       apt-get install -y -qq python3=$PYTHON_DEB python3-venv=$PYTHON_DEB >/dev/null
       python3 -m venv /venv
@@ -241,7 +252,7 @@ build_operator() {
   echo "$out.tar"
 }
 
-prune() {  # archives and rootfs caches of older recipes
+prune() {  # archives and rootfs caches of older recipes, bases no recipe uses
   local f n keep
   for n in pause coredns postgres pgbouncer redis versitygw; do
     keep=$(key_of "$n")
@@ -252,6 +263,14 @@ prune() {  # archives and rootfs caches of older recipes
   done
   keep=$(key_of operator)
   for f in "$IMG_CACHE"/operator-base-*; do [ "$f" = "$IMG_CACHE/operator-base-$keep" ] || rm -rf "$f"; done
+  for f in "$IMG_CACHE"/base-*; do
+    [ -d "$f" ] || continue
+    case " $BASE_SUITES " in *" ${f#"$IMG_CACHE/base-"} "*) continue ;; esac
+    # a .partial of ours, or a base whose chroot is still mounted (a killed build): keep
+    case "$f" in *.partial) continue ;; esac
+    grep -q " $f/" /proc/mounts && continue
+    rm -rf "$f"
+  done
 }
 
 list_archives() {  # the archives `up` imports
@@ -261,9 +280,9 @@ list_archives() {  # the archives `up` imports
 
 case "${1:-all}" in
   all) build_pause; build_coredns; build_postgres; build_pgbouncer; build_redis; build_versitygw; prune ;;
-  base) build_base ;;
+  base) if [ -n "${2:-}" ]; then build_base "$2"; else for s in $BASE_SUITES; do build_base "$s"; done; fi ;;
   pause|coredns|postgres|pgbouncer|redis|versitygw) "build_$1" ;;
   operator) shift; build_operator "$@" ;;
   list) list_archives ;;
-  *) echo "usage: images.sh all|base|pause|coredns|postgres|pgbouncer|redis|versitygw|list|operator REPO" >&2; exit 2 ;;
+  *) echo "usage: images.sh all|base [SUITE]|pause|coredns|postgres|pgbouncer|redis|versitygw|list|operator REPO" >&2; exit 2 ;;
 esac

@@ -11,10 +11,14 @@ COREDNS_VERSION=v1.11.3          # Kubernetes 1.32's CoreDNS; 1.34 ships v1.12.1
 HELM_VERSION=v3.17.4             # built against k8s.io/* v0.32; fine against a v1.34 server
 # Debian bookworm package versions used inside the images
 POSTGRES_DEB=15.20-0+deb12u1
-PGBOUNCER_DEB=1.18.0-1+deb12u1
 REDIS_DEB=5:7.0.15-1~deb12u10
 PYTHON_DEB=3.11.2-1+b1
 PGBACKREST_DEB=2.45-1
+# Debian trixie's PgBouncer (the pgbouncer image is built on trixie: 1.24 has
+# max_prepared_statements). tests/bootstrap.sh builds the same Debian source (upstream
+# tarball + Debian's patches) for the host's data-plane tests; the .dsc's sha256 pins both.
+PGBOUNCER_TRIXIE_DEB=1.24.1-1+deb13u2
+PGBOUNCER_TRIXIE_DSC_SHA256=dc1bc121e10a7ac2da987e72bb13798c94a7ff162ddc480d93a3f93c19b637a7
 # S3 server of the backup tests (Apache-2.0), go install'ed
 VERSITYGW_VERSION=v1.8.0
 
