@@ -4,8 +4,12 @@ backup, list backups, run maintenance, run a database pod's instance-agent."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+
+WATCH_SCOPE_ENV = "SHOPDB_WATCH_SCOPE"  # read by handlers/clients.py
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -16,8 +20,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.namespace and not args.all_namespaces:
         for namespace in args.namespace:
             argv += ["--namespace", namespace]
+        os.environ[WATCH_SCOPE_ENV] = "namespace"  # the RBAC may allow watches in these namespaces only
     else:
         argv.append("--all-namespaces")
+        os.environ[WATCH_SCOPE_ENV] = "cluster"
     return kopf_main(argv, standalone_mode=False) or 0
 
 

@@ -44,9 +44,10 @@ sys.path.insert(0, str(HERE.parent / "e2e"))
 
 import yaml  # noqa: E402
 
-from conftest import LOCAL_KUBECONFIG, LOCALKUBE, Images, Kubectl  # noqa: E402
+from conftest import LOCALKUBE, Images, Kubectl  # noqa: E402
 from load import instance_addresses, query, secret  # noqa: E402
 import support  # noqa: E402
+from failover import ensure_cluster  # noqa: E402  (tests/bench/failover.py)
 from support import OPERATOR_NAMESPACE, REPO, example_cluster, install_operator, wait_for  # noqa: E402
 
 NAMESPACE = "bench-scale"
@@ -300,18 +301,6 @@ def install(kubectl: Kubectl, images: Images, tree: str | None) -> None:
         install_operator(kubectl, images)
     finally:
         support.REPO = saved
-
-
-def ensure_cluster() -> tuple[str, bool]:
-    explicit = os.environ.get("SHOPDB_KUBECONFIG")
-    if explicit:
-        return explicit, False
-    ready = subprocess.run(["kubectl", "--kubeconfig", LOCAL_KUBECONFIG, "get", "--raw", "/readyz"],
-                           capture_output=True)
-    if ready.returncode == 0:
-        return LOCAL_KUBECONFIG, False
-    subprocess.run([str(LOCALKUBE), "up"], check=True, stdout=subprocess.DEVNULL)
-    return LOCAL_KUBECONFIG, True
 
 
 # --- the report ------------------------------------------------------------------------------

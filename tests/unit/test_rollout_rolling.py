@@ -1,6 +1,7 @@
 """The rolling update's decisions: what must restart, in which order, when the primary's
 turn comes and how, and what makes it wait."""
 
+import dataclasses
 import datetime
 
 from contexts import make_context
@@ -133,13 +134,13 @@ def test_the_template_hash_ignores_roles_resources_and_the_operator_image():
     before = hashes(ctx, "shop-2")
     # a failover: shop-2 becomes primary (labels, resources) -- no restart
     moved = make_context()
-    moved = moved.__class__(**{**moved.__dict__, "topology": plan_topology(
-        "shop", moved.spec, {**ctx.topology.to_status(), "currentPrimary": "shop-2"})})
+    moved = dataclasses.replace(moved, topology=plan_topology(
+        "shop", moved.spec, {**ctx.topology.to_status(), "currentPrimary": "shop-2"}))
     assert moved.topology.primary == "shop-2" and hashes(moved, "shop-2") == before
     # resources are resized in place; a new operator image restarts nothing
     assert hashes(make_context({"postgres": {"resources": {"replica": {"cpu": "2", "memory": "8Gi"}}}}),
                   "shop-2")[rolling.ANNOTATION_TEMPLATE_HASH] == before[rolling.ANNOTATION_TEMPLATE_HASH]
-    other_operator = ctx.__class__(**{**ctx.__dict__, "operator_image": "shopdb/operator:9.9.9"})
+    other_operator = dataclasses.replace(ctx, operator_image="shopdb/operator:9.9.9")
     assert hashes(other_operator, "shop-2") == before
     # failover tuning neither (it applies at the next start)
     tuned = make_context({"failover": {"maxLagBytes": 1, "checkIntervalSeconds": 5}})

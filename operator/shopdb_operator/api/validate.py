@@ -8,6 +8,9 @@ compared with what was last applied.
 
 from __future__ import annotations
 
+import functools
+import json
+
 from pydantic import ValidationError
 
 from .. import pgsettings
@@ -35,9 +38,17 @@ class InvalidSpec(Exception):
 
 
 def parse_spec(raw: dict | None) -> ClusterSpec:
-    """The typed spec, or InvalidSpec with every problem found."""
+    """The typed spec, or InvalidSpec with every problem found. Parsed once per distinct
+    spec (each cluster's checks parse the same one every 2 s); the result is shared, so
+    callers use model_copy() for a changed one and never set its fields."""
+    return _parse_spec_text(json.dumps(raw or {}, sort_keys=True, separators=(",", ":"), default=str))
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_spec_text(text: str) -> ClusterSpec:
+    raw = json.loads(text)
     try:
-        spec = ClusterSpec.model_validate(raw or {})
+        spec = ClusterSpec.model_validate(raw)
     except ValidationError as err:
         raise InvalidSpec([_pydantic_message(e) for e in err.errors()]) from None
     problems = semantic_problems(spec)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .agent import agent_objects
-from .common import ClusterContext
+from .common import ClusterContext, built
 from .cronjobs import maintenance_cronjobs
 from .network import network_policies
 from .pgbouncer import pgbouncer_objects
@@ -18,6 +18,10 @@ def desired_objects(ctx: ClusterContext) -> list[dict]:
 
     Order matters on first creation: configuration before the pods that mount it.
     """
+    return built(ctx, ("desired_objects",), lambda: _desired_objects(ctx))
+
+
+def _desired_objects(ctx: ClusterContext) -> list[dict]:
     from ..backup import backup_objects  # backup/ builds on builders.common: imported when used
 
     backup = backup_objects(ctx, PGDATA)

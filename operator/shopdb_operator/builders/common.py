@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable, TypeVar
 
 from .. import GROUP, KIND, VERSION
 from ..api.spec import ClusterSpec, ComputeResources
@@ -29,6 +30,8 @@ REDIS_PORT = 6379
 POSTGRES_UID = 999  # the official postgres image's user
 NONROOT_UID = 70  # PgBouncer and Redis run as this unprivileged uid
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class ClusterContext:
@@ -41,9 +44,20 @@ class ClusterContext:
     topology: Topology
     operator_image: str
     operator_namespace: str = "shopdb-system"
+    # What builders made from this context (see built()); never copied to another context.
+    memo: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def child(self, suffix: str) -> str:
         return f"{self.name}-{suffix}"
+
+
+def built(ctx: ClusterContext, key: tuple, build: Callable[[], T]) -> T:
+    """`build()`, made once per context: the failover daemon's checks (every 2 s) and the
+    drift timer render the same manifests from the same context again and again. Callers
+    must not change what they get."""
+    if key not in ctx.memo:
+        ctx.memo[key] = build()
+    return ctx.memo[key]
 
 
 def scripts_config_map_name(ctx: ClusterContext) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .. import scripts
 from .common import (
+    built,
     PGBOUNCER, POSTGRES_PORT, NONROOT_UID, ClusterContext, config_map_volume, container_resources,
     container_security_context, content_hash, empty_dir, labels, metadata, pod_security_context,
     secret_env, selector, soft_anti_affinity, tcp_probe,
@@ -25,6 +26,10 @@ def pgbouncer_backends(ctx: ClusterContext) -> dict[str, tuple[str, int]]:
 
 
 def pgbouncer_config_map(ctx: ClusterContext) -> dict:
+    return built(ctx, ("pgbouncer_config_map",), lambda: _pgbouncer_config_map(ctx))
+
+
+def _pgbouncer_config_map(ctx: ClusterContext) -> dict:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

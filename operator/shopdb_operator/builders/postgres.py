@@ -23,6 +23,7 @@ from ..topology import PRIMARY, Instance
 from . import config_files
 from .agent import AGENT, agent_container, service_account_name, token_volume
 from .common import (
+    built,
     LABEL_INSTANCE, LABEL_PROMOTABLE, LABEL_ROLE, POSTGRES, POSTGRES_PORT, POSTGRES_UID,
     ClusterContext, config_map_volume, container_resources, container_security_context,
     content_hash, empty_dir, exec_probe, labels, metadata, pod_security_context, route_label,
@@ -76,6 +77,10 @@ def scripts_config_map(ctx: ClusterContext) -> dict:
 
 
 def instance_config_map(ctx: ClusterContext, instance: Instance) -> dict:
+    return built(ctx, ("instance_config_map", instance), lambda: _instance_config_map(ctx, instance))
+
+
+def _instance_config_map(ctx: ClusterContext, instance: Instance) -> dict:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -216,6 +221,10 @@ def _volumes(ctx: ClusterContext, instance: Instance) -> tuple[list[dict], list[
 
 
 def instance_statefulset(ctx: ClusterContext, instance: Instance) -> dict:
+    return built(ctx, ("instance_statefulset", instance), lambda: _instance_statefulset(ctx, instance))
+
+
+def _instance_statefulset(ctx: ClusterContext, instance: Instance) -> dict:
     res = instance_resources(ctx, instance)
     storage = ctx.spec.postgres.storage
     volumes, mounts = _volumes(ctx, instance)

@@ -36,8 +36,8 @@ def secret_password(kube: Kube, namespace: str, name: str) -> str | None:
 
 
 def database_pods(kube: Kube, namespace: str, cluster: str) -> dict[str, dict]:
-    """Instance name -> its pod."""
-    pods = kube.list("v1", "Pod", namespace, {LABEL_CLUSTER: cluster, COMPONENT: POSTGRES})
+    """Instance name -> its pod (from the operator's watch of pods: read at every check)."""
+    pods = kube.cached_list("v1", "Pod", namespace, {LABEL_CLUSTER: cluster, COMPONENT: POSTGRES})
     return {p["metadata"]["labels"].get(LABEL_INSTANCE): p for p in pods}
 
 
@@ -113,8 +113,11 @@ class KubeCluster:
             return False  # recreated after the fence began: it already carries role=replica
         return self.kube.delete("v1", "Pod", self.namespace, f"{instance}-0", grace_seconds=grace_seconds)
 
-    def primary_lease(self) -> dict | None:
-        return self.kube.get(primary_lease.API_VERSION, "Lease", self.namespace, self.lease_name)
+    def primary_lease(self, cached: bool = False) -> dict | None:
+        """`cached`: from the operator's watch (each check's health record), not for a
+        handover, which writes against the version it read."""
+        read = self.kube.cached_get if cached else self.kube.get
+        return read(primary_lease.API_VERSION, "Lease", self.namespace, self.lease_name)
 
     def hand_over_lease(self, to: str, now: datetime.datetime, attempts: int = 10) -> tuple[dict | None, str]:
         for _ in range(attempts):

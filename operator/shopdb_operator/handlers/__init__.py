@@ -42,9 +42,34 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.execution.max_workers = 8
 
 
-def _fresh(namespace: str, name: str) -> dict | None:
-    """The cluster as the API server has it now: kopf's body may predate a failover's write."""
-    return kube().get(f"{GROUP}/{VERSION}", KIND, namespace, name)
+def _fresh(namespace: str, name: str, cached: bool = False) -> dict | None:
+    """The cluster as the API server has it now: kopf's body may predate a failover's write.
+    `cached`: as the operator's watch has it (milliseconds behind, and never behind this
+    replica's own writes); not for reconcile(), which must see the spec kopf reports changed."""
+    read = kube().cached_get if cached else kube().get
+    return read(f"{GROUP}/{VERSION}", KIND, namespace, name)
+
+
+def _unchanged(current: dict, fields: dict, conditions) -> bool:
+    """Whether a status write of `fields` and `conditions` would change nothing."""
+    status = current.get("status") or {}
+    live = status.get("conditions") or []
+    if conditions(live, (current.get("metadata") or {}).get("generation")) != live:
+        return False
+    return merged(status, fields) == status
+
+
+def merged(target, patch):
+    """`target` after a JSON merge patch (RFC 7386) of `patch`."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merged(result.get(key), value)
+    return result
 
 
 def _record(namespace: str, name: str, status: dict, conditions) -> None:
@@ -102,7 +127,7 @@ def reconcile(name, namespace, uid, body, logger, **_) -> None:
 def keep_in_sync(name, namespace, uid, logger, **_) -> None:
     """Undo drift and record what runs; only for a spec that was applied and is valid."""
     with cluster_lock(namespace, name):
-        current = _fresh(namespace, name)
+        current = _fresh(namespace, name, cached=True)
         status = (current or {}).get("status") or {}
         if current is None or "applied" not in status:
             return  # deleted, or the create handler has not succeeded yet
@@ -129,11 +154,13 @@ def keep_in_sync(name, namespace, uid, logger, **_) -> None:
                 live = set_condition(live, RECONCILED, True, "Applied", "", generation, _now())
             return live
 
-        _record(namespace, name, {
+        fields = {
             "instances": observed["instances"], "readyInstances": observed["readyInstances"],
             "phase": observed["phase"], "maxLagBytes": observed["maxLagBytes"],
             **({"backup": backed_up.status} if backed_up.status else {}),
-        }, conditions)
+        }
+        if not _unchanged(current, fields, conditions):  # an idle cluster's status stays as it is
+            _record(namespace, name, fields, conditions)
     for type_, reason, message in backed_up.events:
         kopf.event(current, type=type_, reason=reason, message=message)
     before = {i.get("name"): i.get("error") for i in status.get("instances") or []}

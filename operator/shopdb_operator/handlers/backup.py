@@ -107,7 +107,7 @@ def _job_type(job: dict) -> str:
 
 def _read_jobs(kube: Kube, ctx: ClusterContext, recorded: dict, out: Observed) -> None:
     """The newest finished backup Job and the newest finished verification, each read once."""
-    jobs = kube.list("batch/v1", "Job", ctx.namespace, {LABEL_CLUSTER: ctx.name, COMPONENT: backup_jobs.BACKUP})
+    jobs = kube.cached_list("batch/v1", "Job", ctx.namespace, {LABEL_CLUSTER: ctx.name, COMPONENT: backup_jobs.BACKUP})
     finished = [(f[1], j, f[0]) for j in jobs if (f := _finished(j))]
     backups = [item for item in finished if _job_type(item[1]) != backup_jobs.VERIFY]
     verifications = [item for item in finished if _job_type(item[1]) == backup_jobs.VERIFY]

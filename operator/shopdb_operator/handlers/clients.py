@@ -1,6 +1,10 @@
-"""The operator's one Kubernetes client, made on first use (kopf has loaded the config by then)."""
+"""The operator's one Kubernetes client, made on first use (kopf has loaded the config by then),
+with watch-backed reads (kube/cache.py): one watch per kind in every namespace when the
+operator serves all of them, else per namespace it serves."""
 
 from __future__ import annotations
+
+import os
 
 from ..kube.client import Kube
 
@@ -10,5 +14,5 @@ _kube: Kube | None = None
 def kube() -> Kube:
     global _kube
     if _kube is None:
-        _kube = Kube()
+        _kube = Kube(cached="cluster" if os.environ.get("SHOPDB_WATCH_SCOPE") == "cluster" else "namespace")
     return _kube

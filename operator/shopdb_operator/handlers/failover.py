@@ -52,7 +52,8 @@ WAIT_POLL_SECONDS = 0.25
 # relabel reads none, the repoint reads the standbys as promoted, and the PgBouncer release
 # none. Observing costs up to PORT_CHECK_SECONDS when the old primary's address is dead.
 OBSERVED_ENOUGH_AFTER = (decide.RELABEL, decide.REPOINT)
-HEALTH_REFRESH_SECONDS = 10  # status.health is rewritten at least this often, or on a change
+HEALTH_REFRESH_SECONDS = 30  # status.health is rewritten at least this often (the lags), or on a change
+PASSWORD_KEPT_SECONDS = 300  # the superuser password is read again after this, or after a failed check
 
 log = logging.getLogger(__name__)
 _lease: Lease | None = None
@@ -80,6 +81,8 @@ class Memory:
     fenced: tuple | None = None  # the PrimaryFenced condition last written: (fenced, holder)
     warned_unhealthy: bool = False
     partitions_checked: datetime.datetime | None = None
+    # The superuser password, while every check with it succeeds: (password, when read).
+    password: tuple[str, float] | None = None
     # The checks' connections, kept open between checks; closed when the daemon ends.
     connections: InstanceConnections = field(default_factory=InstanceConnections)
 
@@ -224,11 +227,17 @@ def check_cluster(kube: Kube, memory: Memory, name: str, namespace: str, body: d
         spec = parse_spec(dict(body.get("spec") or {}))
     except InvalidSpec:
         return
-    password = secret_password(kube, namespace, f"{name}-{SUPERUSER_CREDENTIAL.suffix}")
-    if not password:
-        raise kopf.TemporaryError("the superuser Secret is not there yet", delay=5)
+    if memory.password and time.monotonic() - memory.password[1] < PASSWORD_KEPT_SECONDS:
+        password = memory.password[0]
+    else:
+        password = secret_password(kube, namespace, f"{name}-{SUPERUSER_CREDENTIAL.suffix}")
+        if not password:
+            raise kopf.TemporaryError("the superuser Secret is not there yet", delay=5)
+        memory.password = (password, time.monotonic())
     annotations = dict((body.get("metadata") or {}).get("annotations") or {})
     check = observe(kube, name, namespace, spec, status, annotations, password, memory.connections)
+    if any(o.error for o in check.observations.values()):
+        memory.password = None  # read again at the next check (it may have changed)
     primary = check.topology.primary
     if not decide.nothing_reachable(check.observations):
         memory.tracker = memory.tracker.record(primary, check.observations.get(primary))
@@ -238,7 +247,7 @@ def check_cluster(kube: Kube, memory: Memory, name: str, namespace: str, body: d
 
     now = _now()
     health = health_status(check, memory.tracker)
-    health["primaryLease"] = decide.lease_status(actor.cluster.primary_lease(), spec.failover.lease.clock_skew_seconds,
+    health["primaryLease"] = decide.lease_status(actor.cluster.primary_lease(cached=True), spec.failover.lease.clock_skew_seconds,
                                                  now)
     report_fence(kube, memory, name, namespace, health["primaryLease"], post_event, now)
     if (_summary(health) != memory.health_summary or memory.health_written is None
@@ -338,7 +347,9 @@ def report_fence(kube: Kube, memory: Memory, name: str, namespace: str, lease: d
 def locked_check(memory: Memory, name: str, namespace: str, post_event, logger) -> None:
     client = kube()
     with cluster_lock(namespace, name):
-        current = client.get(f"{GROUP}/{VERSION}", KIND, namespace, name)
+        # From the operator's watch: this replica's own writes are in it as soon as they are
+        # answered, and what others write arrives within milliseconds.
+        current = client.cached_get(f"{GROUP}/{VERSION}", KIND, namespace, name)
         if current is not None and not current["metadata"].get("deletionTimestamp"):
             check_cluster(client, memory, name, namespace, current, post_event, logger)
 

@@ -7,6 +7,8 @@ it to kopf's create/update/resume handlers and timer.
 from __future__ import annotations
 
 import datetime
+import functools
+import json
 import logging
 import os
 import secrets
@@ -60,8 +62,22 @@ def cluster_context(name: str, namespace: str, uid: str, spec_raw: dict | None, 
 
     Parameters PostgreSQL refused after they were applied (status.configuration.rejected)
     make the spec invalid, or, with `last_good_parameters`, give way to the parameters every
-    instance last loaded: what the instances' ConfigMaps hold meanwhile."""
+    instance last loaded: what the instances' ConfigMaps hold meanwhile.
+
+    The same inputs give the same context object (and so the manifests built from it, see
+    builders.common.built) for as long as they stay among the last few hundred used."""
     status = status or {}
+    key = json.dumps([name, namespace, uid, spec_raw or {}, status.get("configuration"), status.get("applied"),
+                      status.get("topology"), last_good_parameters, operator_image(), operator_namespace()],
+                     sort_keys=True, separators=(",", ":"), default=str)
+    return _cluster_context(key)
+
+
+@functools.lru_cache(maxsize=512)
+def _cluster_context(key: str) -> ClusterContext:
+    name, namespace, uid, spec_raw, configuration, applied, topology, last_good_parameters, _, _ = json.loads(key)
+    status = {k: v for k, v in (("configuration", configuration), ("applied", applied), ("topology", topology))
+              if v is not None}
     spec = parse_spec(spec_raw)
     rejected = rollout_config.rejection(status, spec.postgres.parameters)
     if rejected is not None and not last_good_parameters:
@@ -170,9 +186,11 @@ def ensure_primary_lease(kube: Kube, ctx: ClusterContext) -> None:
 
 
 def apply_objects(kube: Kube, ctx: ClusterContext, objects: list[dict]) -> int:
+    """Apply each object, except where the operator's watches show it as this same manifest's
+    last apply left it (kube/cache.py): an idle cluster's drift pass sends nothing."""
     for obj in objects:
         try:
-            kube.apply(obj)
+            kube.apply(obj, skip_unchanged=True)
         except KubeError as err:
             if obj["kind"] == "StatefulSet" and err.status == 422 and "volumeClaimTemplates" in err.message:
                 grow_volumes(kube, ctx, obj)

@@ -17,7 +17,7 @@ import time
 
 from .. import GROUP, KIND, VERSION, postgres
 from ..api.validate import InvalidSpec
-from ..builders.common import COMPONENT, LABEL_CLUSTER, PGBOUNCER, POSTGRES_PORT, content_hash
+from ..builders.common import COMPONENT, LABEL_CLUSTER, PGBOUNCER, POSTGRES_PORT, built, content_hash
 from ..builders.pgbouncer import pgbouncer_config_map
 from ..builders.common import container_resources
 from ..builders.postgres import CONFIG_MOUNT, instance_config_map, instance_resources, instance_statefulset
@@ -36,6 +36,10 @@ def _md5(text: str) -> str:
 
 def desired_configuration(ctx) -> dict[str, tuple[str, dict[str, str]]]:
     """Each instance's configuration hash and the md5 of each of its files as mounted."""
+    return built(ctx, ("desired_configuration",), lambda: _desired_configuration(ctx))
+
+
+def _desired_configuration(ctx) -> dict[str, tuple[str, dict[str, str]]]:
     desired = {}
     for instance in ctx.topology.instances:
         data = instance_config_map(ctx, instance)["data"]
@@ -129,7 +133,7 @@ def apply_pgbouncer(actor, ctx, post_event, now: datetime.datetime) -> None:
     ini = pgbouncer_config_map(ctx)["data"]["pgbouncer.ini"]
     want = content_hash(ini)
     recorded = (check.status.get("configuration") or {}).get("pgbouncer") or {}
-    pods = actor.kube.list("v1", "Pod", check.namespace, {LABEL_CLUSTER: check.name, COMPONENT: PGBOUNCER})
+    pods = actor.kube.cached_list("v1", "Pod", check.namespace, {LABEL_CLUSTER: check.name, COMPONENT: PGBOUNCER})
     running = {p["metadata"]["name"]: p for p in pods
                if (p.get("status") or {}).get("podIP") and not p["metadata"].get("deletionTimestamp")}
     changed = {}

@@ -7,9 +7,10 @@ no-op applies are free, and errors carry the API server's own message.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import kubernetes
 from kubernetes.client import ApiClient, Configuration
@@ -71,9 +72,19 @@ def resource_path(api_version: str, kind: str, namespace: str | None, name: str 
 
 
 class Kube:
-    def __init__(self, configuration: Configuration | None = None, timeout: float = 30):
+    def __init__(self, configuration: Configuration | None = None, timeout: float = 30,
+                 cached: str | None = None):
         self.api = ApiClient(configuration or load_configuration())
         self.timeout = timeout
+        # Watch-backed reads (kube/cache.py) for the operator's periodic work, `cached` being
+        # "cluster" (one watch per kind) or "namespace" (one per kind and namespace); a plain
+        # Kube (tests, the CLI) reads from the API server every time.
+        self.cache = None
+        if cached:
+            from .cache import Cache
+            watching = copy.copy(self.api.configuration)
+            watching.connection_pool_maxsize = 64  # a connection per watch, held open
+            self.cache = Cache(Kube(watching, timeout), cluster_wide=cached == "cluster")
 
     def request(self, method: str, path: str, body: Any = None, query: Iterable[tuple[str, str]] = (),
                 content_type: str | None = None) -> dict | None:
@@ -95,6 +106,47 @@ class Kube:
             reason = payload.get("reason", "") if isinstance(payload, dict) else ""
             raise KubeError(response.status, message, reason)
         return payload
+
+    def watch(self, path: str, query: Iterable[tuple[str, str]], read_timeout: float) -> Iterator[dict]:
+        """The events of a watch request, one JSON object per line, as they arrive."""
+        _, url, headers, _, _ = self.api.param_serialize(
+            method="GET", resource_path=path, query_params=list(query), header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"])
+        response = self.api.call_api("GET", url, header_params=headers, _request_timeout=(10, read_timeout))
+        raw = response.response
+        try:
+            if response.status >= 400:
+                raise KubeError(response.status, raw.data.decode(errors="replace")[:500])
+            pending = b""
+            for chunk in raw.stream(None, decode_content=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+        finally:
+            raw.release_conn()
+
+    def cached_get(self, api_version: str, kind: str, namespace: str, name: str) -> dict | None:
+        """get(), answered from the operator's watches when they know the object's kind
+        there: for periodic reads that a version some milliseconds old serves as well."""
+        if self.cache is not None:
+            known, obj = self.cache.get(api_version, kind, namespace, name)
+            if known:
+                return obj
+        return self.get(api_version, kind, namespace, name)
+
+    def cached_list(self, api_version: str, kind: str, namespace: str, label_selector: dict[str, str]) -> list[dict]:
+        if self.cache is not None:
+            items = self.cache.list(api_version, kind, namespace, label_selector)
+            if items is not None:
+                return items
+        return self.list(api_version, kind, namespace, label_selector)
+
+    def _observe(self, obj: dict | None) -> dict | None:
+        if self.cache is not None:
+            self.cache.observe(obj)
+        return obj
 
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict | None:
         try:
@@ -121,19 +173,32 @@ class Kube:
             raise KubeError(response.status, data.decode(errors="replace")[:500])
         return data.decode(errors="replace")
 
-    def apply(self, obj: dict, force: bool = True) -> dict:
-        """Server-side apply: fields we set are ours; drift in them is undone."""
+    def apply(self, obj: dict, force: bool = True, skip_unchanged: bool = False) -> dict | None:
+        """Server-side apply: fields we set are ours; drift in them is undone. With
+        `skip_unchanged`, nothing is sent when the watches show the object as this same
+        manifest's last apply left it (None is returned then)."""
+        if skip_unchanged and self.cache is not None and self.cache.unchanged(obj):
+            return None
         meta = obj["metadata"]
         path = resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
-        return self.request("PATCH", path, body=obj, content_type="application/apply-patch+yaml",
-                            query=[("fieldManager", FIELD_MANAGER), ("force", str(force).lower())])
+        try:
+            result = self.request("PATCH", path, body=obj, content_type="application/apply-patch+yaml",
+                                  query=[("fieldManager", FIELD_MANAGER), ("force", str(force).lower())])
+        except KubeError:
+            if self.cache is not None:
+                self.cache.applied_now(obj, None)
+            raise
+        if self.cache is not None:
+            self.cache.applied_now(obj, result)
+        return self._observe(result)
 
     def create(self, obj: dict) -> dict | None:
         """Create, or return None when the object already exists (never overwrite)."""
         meta = obj["metadata"]
         try:
-            return self.request("POST", resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace")),
-                                body=obj, query=[("fieldManager", FIELD_MANAGER)])
+            return self._observe(self.request("POST", resource_path(obj["apiVersion"], obj["kind"],
+                                                                    meta.get("namespace")),
+                                              body=obj, query=[("fieldManager", FIELD_MANAGER)]))
         except KubeError as err:
             if err.status == 409:
                 return None
@@ -145,7 +210,7 @@ class Kube:
         containers by name), which a merge patch would replace whole."""
         path = resource_path(api_version, kind, namespace, name, subresource)
         content_type = "application/strategic-merge-patch+json" if strategic else "application/merge-patch+json"
-        return self.request("PATCH", path, body=patch, content_type=content_type)
+        return self._observe(self.request("PATCH", path, body=patch, content_type=content_type))
 
     def update_status(self, api_version: str, kind: str, namespace: str, name: str, fields: dict,
                       conditions: Callable[[list[dict], int | None], list[dict]] | None = None,

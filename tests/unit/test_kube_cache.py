@@ -1,0 +1,72 @@
+"""The pure parts of the operator's watch-backed reads and of what it no longer recomputes:
+the store's ordering by resourceVersion, the status-write skip's merge-patch arithmetic, and
+the memoized contexts and manifests. (The watches themselves run against the real API server
+in tests/e2e/test_kube_cache.py.)"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from contexts import make_context
+
+from shopdb_operator.builders import desired_objects
+from shopdb_operator.builders.postgres import instance_statefulset
+from shopdb_operator.handlers import _unchanged, merged
+from shopdb_operator.handlers.reconcile import cluster_context
+from shopdb_operator.kube.cache import Store, newer
+from shopdb_operator.topology import plan_topology
+
+
+def obj(name: str, version: int, **data) -> dict:
+    return {"metadata": {"name": name, "namespace": "ns", "resourceVersion": str(version),
+                         "managedFields": [{"manager": "x"}]}, "data": data}
+
+
+def test_versions_compare_as_numbers():
+    assert newer("10", "9") and not newer("9", "10") and not newer("5", "5") and newer("1", None)
+
+
+def test_the_store_keeps_the_newest_version_whoever_brings_it():
+    store = Store()
+    store.replace([obj("a", 5, k="list")])
+    assert store.synced and "managedFields" not in store.objects[("ns", "a")]["metadata"]
+    store.put(obj("a", 7, k="write"), insert=False)  # a write's answer
+    store.put(obj("a", 6, k="older event"))  # the watch catching up
+    assert store.objects[("ns", "a")]["data"] == {"k": "write"}
+    store.replace([obj("a", 6, k="relist")])  # a list taken before the write was answered
+    assert store.objects[("ns", "a")]["data"] == {"k": "write"}
+    store.remove(obj("a", 6))  # a deletion older than what is held does not remove it
+    assert ("ns", "a") in store.objects
+    store.remove(obj("a", 8))
+    store.put(obj("a", 7, k="late answer"), insert=False)  # never brings back a deleted object
+    assert store.objects == {}
+    store.put(obj("b", 1))
+    assert store.objects[("ns", "b")]["data"] == {}
+
+
+def test_a_status_write_that_changes_nothing_is_skipped():
+    status = {"phase": "Ready", "backup": {"lastJob": "j1", "repositories": {"r": {"n": 1}}},
+              "conditions": [{"type": "Ready", "status": "True"}]}
+    current = {"metadata": {"generation": 3}, "status": status}
+    same = lambda live, gen: live  # noqa: E731
+    assert merged(status, {"backup": {"lastJob": "j1"}, "maxLagBytes": None}) == status
+    assert _unchanged(current, {"phase": "Ready", "backup": {"repositories": {"r": {"n": 1}}}, "maxLagBytes": None}, same)
+    assert not _unchanged(current, {"phase": "Degraded"}, same)
+    assert not _unchanged(current, {"backup": {"lastJob": None}}, same)
+    assert not _unchanged(current, {"phase": "Ready"}, lambda live, gen: live + [{"type": "Other"}])
+
+
+def test_contexts_and_their_manifests_are_built_once_per_input():
+    spec = make_context().spec.model_dump(by_alias=True, exclude_none=True)
+    status = {"topology": make_context().topology.to_status()}
+    first = cluster_context("shop", "ns", "uid-1", spec, status)
+    assert cluster_context("shop", "ns", "uid-1", spec, dict(status)) is first
+    assert desired_objects(first) is desired_objects(first)
+    moved = cluster_context("shop", "ns", "uid-1", spec, {"topology": {**status["topology"], "currentPrimary": "shop-2"}})
+    assert moved is not first and moved.topology.primary == "shop-2"
+    instance = next(i for i in first.topology.instances if i.name == "shop-2")
+    labels = lambda ctx: instance_statefulset(ctx, instance)["spec"]["template"]["metadata"]["labels"]  # noqa: E731
+    assert labels(first)["shopdb.io/role"] == "replica" and labels(moved)["shopdb.io/role"] == "primary"
+    # a copy of a context starts with nothing built: never the manifests of the one it came from
+    copied = dataclasses.replace(first, topology=plan_topology("shop", first.spec, moved.topology.to_status()))
+    assert labels(copied)["shopdb.io/role"] == "primary"
