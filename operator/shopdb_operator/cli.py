@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 
 
-WATCH_SCOPE_ENV = "SHOPDB_WATCH_SCOPE"  # read by handlers/clients.py
-
-
 def _run(args: argparse.Namespace) -> int:
     from kopf.cli import main as kopf_main  # imported late: `crd` and `maintain` need no kopf
+
+    from .kube.cache import WATCH_SCOPE_ENV
 
     argv = ["run", "--module", "shopdb_operator.handlers", "--liveness", args.liveness]
     argv += ["--peering", args.peering] if args.peering else ["--standalone"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from ..kube.cache import WATCH_SCOPE_ENV
 from ..kube.client import Kube
 
 _kube: Kube | None = None
@@ -14,5 +15,5 @@ _kube: Kube | None = None
 def kube() -> Kube:
     global _kube
     if _kube is None:
-        _kube = Kube(cached="cluster" if os.environ.get("SHOPDB_WATCH_SCOPE") == "cluster" else "namespace")
+        _kube = Kube(cached="cluster" if os.environ.get(WATCH_SCOPE_ENV) == "cluster" else "namespace")
     return _kube

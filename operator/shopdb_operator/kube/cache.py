@@ -56,6 +56,7 @@ WATCHED = {
     ("rbac.authorization.k8s.io/v1", "Role"): CLUSTER_LABEL,
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): CLUSTER_LABEL,
 }
+WATCH_SCOPE_ENV = "SHOPDB_WATCH_SCOPE"  # "cluster" (set by `shopdb-operator run` serving every namespace) or not
 WATCH_SECONDS = 60  # the API server ends each watch after this; renewed from its last version (a silent
 # connection is given up WATCH_SECONDS + 30 s after its last event)
 RETRY_SECONDS = 2
