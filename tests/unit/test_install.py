@@ -463,3 +463,15 @@ def test_chart_crd_template_is_generated():
     assert generate.CHART_CRD_FILE == CHART / "templates" / "crd.yaml"
     assert generate.CHART_CRD_FILE.read_text() == generate.chart_crd_yaml(), \
         "run: python -m shopdb_operator.api.generate"
+
+
+def test_test_module_basenames_are_unique():
+    """pytest's default import mode keys test modules by basename: two test files of the
+    same name in different folders stop the whole run at collection."""
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        if path.name in seen:
+            clashes.append(f"{seen[path.name].relative_to(REPO)} / {path.relative_to(REPO)}")
+        seen.setdefault(path.name, path)
+    assert not clashes, f"test modules sharing a basename: {clashes}"

@@ -1,7 +1,7 @@
 """The pure parts of the operator's watch-backed reads and of what it no longer recomputes:
 the store's ordering by resourceVersion, the status-write skip's merge-patch arithmetic, and
 the memoized contexts and manifests. (The watches themselves run against the real API server
-in tests/e2e/test_kube_cache.py.)"""
+in tests/e2e/test_kube_cache_live.py.)"""
 
 from __future__ import annotations
 
