@@ -12,8 +12,11 @@ from pathlib import Path
 def _run(args: argparse.Namespace) -> int:
     from kopf.cli import main as kopf_main  # imported late: `crd` and `maintain` need no kopf
 
+    from . import metrics
     from .kube.cache import WATCH_SCOPE_ENV
 
+    if args.metrics_address:
+        metrics.serve(args.metrics_address)  # a daemon thread, up before kopf starts
     argv = ["run", "--module", "shopdb_operator.handlers", "--liveness", args.liveness]
     argv += ["--peering", args.peering] if args.peering else ["--standalone"]
     if args.namespace and not args.all_namespaces:
@@ -133,6 +136,18 @@ def _maintain(args: argparse.Namespace) -> int:
     return maintenance.main(args.rest)
 
 
+def _address(text: str) -> str:
+    """host:port, or "" (off)."""
+    if text:
+        from .metrics import parse_address
+
+        try:
+            parse_address(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{err} (e.g. 0.0.0.0:9560)") from None
+    return text
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="shopdb-operator", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
@@ -143,6 +158,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--all-namespaces", "-A", action="store_true")
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
                      help="liveness endpoint for the kubelet's probe")
+    run.add_argument("--metrics-address", default="0.0.0.0:9560", type=_address,
+                     help="host:port of the operator's Prometheus /metrics endpoint; an empty string turns it off")
     run.add_argument("--peering", default=None,
                      help="kopf peering name, for more than one operator replica (needs kopf's peering CRDs)")
     run.set_defaults(func=_run)

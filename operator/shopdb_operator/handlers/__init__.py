@@ -12,7 +12,7 @@ import logging
 
 import kopf
 
-from .. import GROUP, KIND, PLURAL, VERSION
+from .. import GROUP, KIND, PLURAL, VERSION, metrics
 from ..api.validate import InvalidSpec
 from ..kube.client import KubeError
 from ..status import PHASE_INVALID, READY, RECONCILED, condition, set_condition
@@ -94,19 +94,24 @@ def _refuse(body, namespace: str, name: str, problems: list[str], generation) ->
 @kopf.on.update(*RESOURCE, field="spec")
 @kopf.on.resume(*RESOURCE)
 def reconcile(name, namespace, uid, body, logger, **_) -> None:
-    with cluster_lock(namespace, name):
+    with cluster_lock(namespace, name), metrics.reconciling(namespace, name) as measured:
         current = _fresh(namespace, name)
         if current is None:
+            measured.skip = True
             return  # deleted meanwhile
         spec, status = current.get("spec") or {}, current.get("status") or {}
         generation = current["metadata"].get("generation")
         try:
             outcome = rec.reconcile(kube(), name, namespace, uid, spec, status, generation)
         except rec.MissingSecrets as err:
+            measured.result = metrics.INVALID
             _refuse(body, namespace, name, err.problems, generation)
+            metrics.set_cluster_status(namespace, name, merged(status, {"phase": PHASE_INVALID}), spec)
             raise kopf.TemporaryError(f"InvalidSpec: {err}", delay=30) from None
         except InvalidSpec as err:
+            measured.result = metrics.INVALID
             _refuse(body, namespace, name, err.problems, generation)
+            metrics.set_cluster_status(namespace, name, merged(status, {"phase": PHASE_INVALID}), spec)
             raise kopf.PermanentError(f"InvalidSpec: {err}") from None
         except KubeError as err:
             if err.status in (400, 403, 422):
@@ -115,6 +120,7 @@ def reconcile(name, namespace, uid, body, logger, **_) -> None:
         _record(namespace, name, outcome.status,
                 lambda live, _: set_condition(live, RECONCILED, True, "Applied",
                                               f"{outcome.applied} objects applied", generation, _now()))
+        metrics.set_cluster_status(namespace, name, merged(status, outcome.status), spec)
     if outcome.created_secrets:
         kopf.event(body, type="Normal", reason="CredentialsCreated",
                    message=f"created Secrets {', '.join(outcome.created_secrets)}")
@@ -126,15 +132,18 @@ def reconcile(name, namespace, uid, body, logger, **_) -> None:
 @kopf.timer(*RESOURCE, interval=DRIFT_INTERVAL_SECONDS, initial_delay=DRIFT_INTERVAL_SECONDS)
 def keep_in_sync(name, namespace, uid, logger, **_) -> None:
     """Undo drift and record what runs; only for a spec that was applied and is valid."""
-    with cluster_lock(namespace, name):
+    with cluster_lock(namespace, name), metrics.reconciling(namespace, name) as measured:
         current = _fresh(namespace, name, cached=True)
         status = (current or {}).get("status") or {}
         if current is None or "applied" not in status:
+            measured.skip = True
             return  # deleted, or the create handler has not succeeded yet
         generation = current["metadata"].get("generation")
         try:
             ctx = rec.cluster_context(name, namespace, uid, current.get("spec") or {}, status)
         except InvalidSpec:
+            measured.result = metrics.INVALID
+            metrics.set_cluster_status(namespace, name, status, current.get("spec"))
             return  # the condition set by reconcile() already says why
         rec.apply_objects(kube(), ctx, rec.desired_objects(ctx))
         observed = rec.observed_status(kube(), ctx, status.get("health"))
@@ -161,6 +170,7 @@ def keep_in_sync(name, namespace, uid, logger, **_) -> None:
         }
         if not _unchanged(current, fields, conditions):  # an idle cluster's status stays as it is
             _record(namespace, name, fields, conditions)
+        metrics.set_cluster_status(namespace, name, merged(status, fields), current.get("spec"))
     for type_, reason, message in backed_up.events:
         kopf.event(current, type=type_, reason=reason, message=message)
     before = {i.get("name"): i.get("error") for i in status.get("instances") or []}

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import kopf
 
-from .. import GROUP, KIND, PLURAL, VERSION, postgres
+from .. import GROUP, KIND, PLURAL, VERSION, metrics, postgres
 from ..status import PRIMARY_FENCED, set_condition
 from ..api.spec import ClusterSpec
 from ..api.validate import InvalidSpec, parse_spec
@@ -192,6 +192,8 @@ def run_failover(kube: Kube, actor: Actor, state: dict, name: str, namespace: st
                 return state
             time.sleep(WAIT_POLL_SECONDS)
         elif result.step is None or result.completed:
+            if result.completed:
+                metrics.failover_completed(namespace, name, state)
             break
         elif result.step in OBSERVED_ENOUGH_AFTER:
             continue
@@ -351,7 +353,20 @@ def locked_check(memory: Memory, name: str, namespace: str, post_event, logger) 
         # answered, and what others write arrives within milliseconds.
         current = client.cached_get(f"{GROUP}/{VERSION}", KIND, namespace, name)
         if current is not None and not current["metadata"].get("deletionTimestamp"):
-            check_cluster(client, memory, name, namespace, current, post_event, logger)
+            try:
+                check_cluster(client, memory, name, namespace, current, post_event, logger)
+            finally:  # the gauges follow what this check recorded (failover, rollout, phase)
+                report_status(client, name, namespace)
+
+
+def report_status(client: Kube, name: str, namespace: str) -> None:
+    """Feed the metrics the cluster's status as the check left it; never fails the check."""
+    try:
+        after = client.cached_get(f"{GROUP}/{VERSION}", KIND, namespace, name)
+    except KubeError:
+        return
+    if after is not None and not after["metadata"].get("deletionTimestamp"):
+        metrics.set_cluster_status(namespace, name, after.get("status"), after.get("spec"))
 
 
 async def wait_for_next_check(stopped, interval: float, sockets: list[int]) -> bool:
@@ -420,3 +435,6 @@ async def failover_daemon(name, namespace, body, stopped, logger, **_) -> None:
         # The cluster is deleted or the operator stops: its sessions end with it (a check
         # still running in its thread closes its connection instead of keeping it).
         memory.connections.close()
+        reason = getattr(stopped, "reason", None)
+        if reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in reason:
+            metrics.forget_cluster(namespace, name)  # its series go with it
