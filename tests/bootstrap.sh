@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian bookworm machine, pinned:
 # Debian packages (PostgreSQL, Redis, PgBouncer's build dependencies), PgBouncer built from
-# Debian trixie's source, and a Python venv outside the repo (with bin/pgbouncer).
+# Debian trixie's source, Debian trixie's promtool, and a Python venv outside the repo (with bin/pgbouncer).
 # Safe to re-run: it only installs what is missing. Prints the venv's python on stdout.
 set -euo pipefail
 
@@ -94,6 +94,33 @@ if [ ! -x "$pgbouncer_home/bin/pgbouncer" ]; then
     rm -rf "$pgbouncer_work"
   fi
   exec 8>&-
+fi
+
+# promtool (the alert rules' tests): Debian trixie's, from its own binary package `promtool`
+# (source prometheus), pinned by the .deb's sha256; only usr/bin/promtool is kept, in a
+# directory keyed by the Debian version. Tests find it there (or via $PROMTOOL).
+prometheus_deb=$(. "$repo/tests/cluster/lib/versions.sh" && echo "$PROMETHEUS_TRIXIE_DEB")
+promtool_deb_sha256=$(. "$repo/tests/cluster/lib/versions.sh" && echo "$PROMTOOL_TRIXIE_DEB_SHA256")
+promtool_home="$cache/prometheus-$prometheus_deb"
+if [ ! -x "$promtool_home/bin/promtool" ]; then
+  echo "bootstrap: fetching promtool $prometheus_deb into $promtool_home" >&2
+  promtool_work=$(mktemp -d)
+  python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
+    "${DEBIAN_MIRROR:-http://deb.debian.org/debian}/pool/main/p/prometheus/promtool_${prometheus_deb}_amd64.deb" \
+    "$promtool_work/promtool.deb"
+  if ! echo "$promtool_deb_sha256  $promtool_work/promtool.deb" | sha256sum --check --quiet --strict - >&2; then
+    echo "bootstrap: promtool_${prometheus_deb}_amd64.deb does not match its sha256 (a mirror that dropped that" \
+         "revision needs PROMETHEUS_TRIXIE_DEB and PROMTOOL_TRIXIE_DEB_SHA256 bumped in tests/cluster/lib/versions.sh)" >&2
+    rm -rf "$promtool_work"
+    exit 1
+  fi
+  dpkg-deb -x "$promtool_work/promtool.deb" "$promtool_work/root"
+  promtool_version=$("$promtool_work/root/usr/bin/promtool" --version 2>&1)
+  grep -q "version ${prometheus_deb%%+*}" <<<"$promtool_version"
+  rm -rf "$promtool_home.partial"
+  install -D -m 0755 "$promtool_work/root/usr/bin/promtool" "$promtool_home.partial/bin/promtool"
+  rm -rf "$promtool_home" "$promtool_work"
+  mv "$promtool_home.partial" "$promtool_home"
 fi
 
 # The venv is keyed by the dependency list, so a change in pyproject.toml builds a new one.

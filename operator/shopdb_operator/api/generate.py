@@ -9,11 +9,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..monitoring.rules import prometheus_rule_yaml, rules_file_yaml
 from .crd import crd_yaml
 
 REPO = Path(__file__).resolve().parents[3]
 CRD_FILE = REPO / "crds" / "shopdatabaseclusters.shopdb.io.yaml"
 CHART_CRD_FILE = REPO / "helm" / "shopdb-operator" / "templates" / "crd.yaml"
+# The alert rules with the default thresholds: a plain rules file and a PrometheusRule.
+RULES_FILE = REPO / "manifests" / "monitoring" / "prometheus-rules.yaml"
+PROMETHEUS_RULE_FILE = REPO / "manifests" / "monitoring" / "prometheus-rule.yaml"
 
 
 def chart_crd_yaml() -> str:
@@ -28,7 +32,8 @@ def chart_crd_yaml() -> str:
 
 
 def artifacts() -> dict[Path, str]:
-    return {CRD_FILE: crd_yaml(), CHART_CRD_FILE: chart_crd_yaml()}
+    return {CRD_FILE: crd_yaml(), CHART_CRD_FILE: chart_crd_yaml(),
+            RULES_FILE: rules_file_yaml(), PROMETHEUS_RULE_FILE: prometheus_rule_yaml()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,12 @@ PGBACKREST_DEB=2.45-1
 # tarball + Debian's patches) for the host's data-plane tests; the .dsc's sha256 pins both.
 PGBOUNCER_TRIXIE_DEB=1.24.1-1+deb13u2
 PGBOUNCER_TRIXIE_DSC_SHA256=dc1bc121e10a7ac2da987e72bb13798c94a7ff162ddc480d93a3f93c19b637a7
+# promtool of Debian trixie's Prometheus (the alert rules' tests: promtool check/test rules).
+# Debian ships it as its own binary package, promtool_<version>_amd64.deb (source prometheus);
+# tests/bootstrap.sh fetches that .deb, checks this sha256 (from trixie's Packages index) and
+# extracts usr/bin/promtool (a Go binary needing only libc >= 2.34: runs on bookworm).
+PROMETHEUS_TRIXIE_DEB=2.53.3+ds1-2
+PROMTOOL_TRIXIE_DEB_SHA256=ff27654eacc95abd846d344e91fe4ba3b4f0588a50d606ed1d2f09ad3408722f
 # S3 server of the backup tests (Apache-2.0), go install'ed
 VERSITYGW_VERSION=v1.8.0
 
