@@ -27,6 +27,7 @@ from support import wait_for
 
 POSTGRES_PORT = 5432
 PROBE_TABLE = "failover_probe"
+LOGIN_FAILING_GRACE_SECONDS = 15  # see Writer.lost()
 
 
 def kubectl_json(kubeconfig: str, *args: str) -> dict:
@@ -137,8 +138,20 @@ class Writer(_Background):
     def lost(self, host: str | None = None) -> list[int]:
         """Acknowledged ids missing now (read through PgBouncer, or from `host`)."""
         ids = [i for i, _ in self.acked]
-        rows = query(host or self.host, self.password, f"SELECT id FROM {PROBE_TABLE} WHERE run = %s",
-                     (self.run,), dbname=self.dbname, user=self.user, timeout=10)
+        deadline = time.monotonic() + LOGIN_FAILING_GRACE_SECONDS
+        while True:
+            try:
+                rows = query(host or self.host, self.password, f"SELECT id FROM {PROBE_TABLE} WHERE run = %s",
+                             (self.run,), dbname=self.dbname, user=self.user, timeout=10)
+                break
+            except psycopg.errors.ProtocolViolation as err:
+                # Right after a failover PgBouncer may still hold a failed login (to the old
+                # primary, or the -rw address before kube-proxy caught up): it refuses clients
+                # with "server login has been failing" until its next login, at most
+                # server_login_retry (1 s) later. A client retries; so does this read.
+                if "login has been failing" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
         present = {r[0] for r in rows}
         return [i for i in ids if i not in present]
 
