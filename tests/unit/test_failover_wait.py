@@ -7,7 +7,7 @@ import asyncio
 import socket
 import time
 
-from shopdb_operator.handlers.failover import wait_for_next_check
+from shopdb_operator.handlers.failover import suspect_interval, wait_for_next_check
 
 
 class Stopped:
@@ -79,3 +79,9 @@ def test_no_socket_is_watched_twice_and_none_left_registered():
             return await wait_for_next_check(Stopped(), 0.1, [])
 
         assert run(wait) is False
+
+
+def test_a_suspected_primary_is_checked_at_half_the_interval_but_not_below_a_second():
+    assert suspect_interval(2) == 1.0
+    assert suspect_interval(10) == 5.0
+    assert suspect_interval(1) == 1.0

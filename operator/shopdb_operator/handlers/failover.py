@@ -369,6 +369,11 @@ def report_status(client: Kube, name: str, namespace: str) -> None:
         metrics.set_cluster_status(namespace, name, after.get("status"), after.get("spec"))
 
 
+def suspect_interval(interval: float) -> float:
+    """The wait after a check the primary failed: half the check interval, at least 1 s."""
+    return max(1.0, interval / 2)
+
+
 async def wait_for_next_check(stopped, interval: float, sockets: list[int]) -> bool:
     """Wait `interval` seconds, or until the operator stops, or until one of the kept check
     connections' `sockets` has something to read; True in that last case. An idle session
@@ -428,6 +433,11 @@ async def failover_daemon(name, namespace, body, stopped, logger, **_) -> None:
                 logger.warning("failover step of %s/%s failed: %s", namespace, name, type(err).__name__)
             except Exception:  # a bug must not stop the checks of this cluster for kopf's backoff
                 logger.exception("failover check of %s/%s failed", namespace, name)
+            if memory.tracker.failures:
+                # A primary that failed a check is checked again at half the interval: a
+                # hang or a partition (no socket tells of it) is confirmed by
+                # failureThreshold checks in less time, while a lone blip still costs one.
+                interval = suspect_interval(interval)
             # Not twice in a row: a socket left readable (a check that did not get to read it)
             # must not turn the checks into a busy loop.
             woke_early = await wait_for_next_check(stopped, interval, [] if woke_early else memory.connections.sockets())
