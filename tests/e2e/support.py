@@ -117,3 +117,24 @@ def psql_remote(kubectl, namespace: str, from_pod: str, conninfo: str, password:
     proc = kubectl("-n", namespace, "exec", "-i", from_pod, "-c", "postgres", "--", "bash", "-c", script, "psql",
                    conninfo, sql, input=password + "\n", timeout=60)
     return proc.stdout.strip()
+
+
+def operator_metrics(kubectl) -> list[tuple[str, dict, float]]:
+    """Every sample of every operator pod's /metrics (port 9560), read through the API
+    server's pod proxy: (name, labels, value)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    pods = kubectl.json("-n", OPERATOR_NAMESPACE, "get", "pods", "-l", "app.kubernetes.io/name=shopdb-operator")
+    samples = []
+    for pod in pods["items"]:
+        if pod["metadata"].get("deletionTimestamp") or not (pod.get("status") or {}).get("podIP"):
+            continue
+        text = kubectl("get", "--raw",
+                       f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods/{pod['metadata']['name']}:9560/proxy/metrics").stdout
+        for family in text_string_to_metric_families(text):
+            samples += [(s.name, s.labels, s.value) for s in family.samples]
+    return samples
+
+
+def metric_values(samples: list[tuple[str, dict, float]], name: str, **labels: str) -> list[float]:
+    return [v for n, l, v in samples if n == name and all(l.get(k) == w for k, w in labels.items())]

@@ -24,7 +24,7 @@ import pytest
 from failovers import (ANALYTICS, FAILOVER_TIMEOUT, INSTANCES, REJOIN_TIMEOUT, STEPS, Freezer,
                        assert_lost_writes_are_the_newest, delete_pod, failover_since, freeze_walreceivers, kill_postgres, lease_holder, operator_pods, under_load)
 from load import pgbouncer_pods
-from support import OPERATOR_NAMESPACE, wait_for
+from support import OPERATOR_NAMESPACE, metric_values, operator_metrics, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -35,6 +35,10 @@ def test_deleted_primary_pod_fails_over_and_rejoins(kubectl, clusters):
     outcome = under_load(view, "pod-delete", delete_pod(kubectl, view.namespace))
     assert outcome.lost == []  # a deleted pod shuts down fast, sending all WAL to the standbys first
     assert outcome.entry["reason"].endswith("being deleted") or "is down" in outcome.entry["reason"]
+    counted = wait_for(lambda: sum(metric_values(operator_metrics(kubectl), "shopdb_failovers_total",
+                                                 namespace=view.namespace, kind="failover")), 30,
+                       "the failover in the operator's metrics")
+    assert counted >= 1
 
 
 def test_killed_primary_container_fails_over_and_rejoins(kubectl, clusters):

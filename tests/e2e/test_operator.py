@@ -15,7 +15,8 @@ import time
 import pytest
 import yaml
 
-from support import (REPO, apply_schema_config_map, cluster_status, example_cluster, is_local_cluster, psql,
+from support import (REPO, apply_schema_config_map, cluster_status, example_cluster, is_local_cluster, metric_values,
+                     operator_metrics, psql,
                      psql_remote, secret_value, wait_for)
 
 pytestmark = pytest.mark.e2e
@@ -34,6 +35,26 @@ def shop(kubectl, images, operator):
     kubectl.apply(yaml.safe_dump(cluster))
     yield namespace
     kubectl("delete", "namespace", namespace, "--wait=false", "--ignore-not-found", check=False)
+
+
+def test_the_operators_metrics_follow_the_cluster(kubectl, shop):
+    """The operator's own /metrics, scraped from its pod: the Ready cluster's phase, its
+    instances ready against desired, and its reconciliations counted."""
+    wait_for(lambda: cluster_status(kubectl, shop).get("phase") == "Ready", READY_TIMEOUT,
+             "the example cluster to become Ready", interval=5)
+
+    def scraped():
+        samples = operator_metrics(kubectl)
+        ready = metric_values(samples, "shopdb_cluster_phase", namespace=shop, cluster="shop", phase="Ready")
+        return ready == [1.0] and samples
+
+    samples = wait_for(scraped, 60, "phase Ready in the operator's metrics")
+    assert metric_values(samples, "shopdb_cluster_phase", namespace=shop, cluster="shop", phase="Creating") == [0.0]
+    assert metric_values(samples, "shopdb_cluster_instances", namespace=shop, cluster="shop") == [4.0]
+    assert metric_values(samples, "shopdb_cluster_instances_ready", namespace=shop, cluster="shop") == [4.0]
+    assert sum(metric_values(samples, "shopdb_reconcile_total", namespace=shop, cluster="shop", result="ok")) >= 1
+    assert metric_values(samples, "shopdb_failover_blocked", namespace=shop, cluster="shop") == [0.0]
+    assert metric_values(samples, "process_resident_memory_bytes")
 
 
 def test_example_cluster_becomes_ready(kubectl, shop):

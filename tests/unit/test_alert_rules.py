@@ -40,9 +40,7 @@ def promtool() -> str:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     message = f"no promtool ($PROMTOOL, {cache}/prometheus-{deb}/bin/promtool); run tests/bootstrap.sh"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    pytest.fail(message)  # `make test` runs tests/bootstrap.sh, which installs it
 
 
 def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:

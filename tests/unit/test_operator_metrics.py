@@ -427,27 +427,6 @@ def global_value(name: str, **labels) -> float | None:
     return value(metrics.METRICS, name, **labels)
 
 
-def test_run_failover_counts_the_failover_it_completes(monkeypatch):
-    import logging
-    from types import SimpleNamespace
-
-    from shopdb_operator.failover import execute
-    from shopdb_operator.handlers import failover as handler
-
-    done = completed_failover()
-    monkeypatch.setattr(handler.execute, "run_step",
-                        lambda state, *_: execute.StepResult(done, decide.PGBOUNCER))
-    actor = SimpleNamespace(plan=lambda: None, check=SimpleNamespace(observations={}), cluster=None,
-                            databases=None, poolers=None)
-    try:
-        for _ in range(2):  # resumed again after completing: still one
-            handler.run_failover(None, actor, {}, "a", "wiring-failover", "", logging.getLogger("test"))
-        assert global_value("shopdb_failovers_total", namespace="wiring-failover", cluster="a",
-                            **{"from": "shop-1", "to": "shop-2", "kind": "failover"}) == 1
-    finally:
-        metrics.forget_cluster("wiring-failover", "a")
-
-
 class FakeClient:
     def __init__(self, body=None, error=None):
         self.body, self.error = body, error
@@ -501,56 +480,3 @@ def test_the_daemon_forgets_a_deleted_cluster(deleted):
         assert left == (None if deleted else 1)
     finally:
         metrics.forget_cluster("wiring-daemon", "a")
-
-
-def test_the_reconcile_handler_counts_its_outcomes(monkeypatch):
-    import logging
-
-    import shopdb_operator.handlers as handlers
-    from shopdb_operator.api.validate import InvalidSpec
-
-    body = {"metadata": {"name": "a", "generation": 2}, "spec": {}, "status": {"phase": "Ready"}}
-    monkeypatch.setattr(handlers, "kube", lambda: None)  # no API server: every call it would make is faked
-    monkeypatch.setattr(handlers, "_fresh", lambda *_, **__: body)
-    monkeypatch.setattr(handlers, "_record", lambda *_: None)
-    monkeypatch.setattr(handlers.kopf, "warn", lambda *_, **__: None)
-
-    def refuse(*_):
-        raise InvalidSpec(["spec.postgres.version: cannot change in place"])
-
-    monkeypatch.setattr(handlers.rec, "reconcile", refuse)
-    call = dict(name="a", namespace="wiring-reconcile", uid="u", body=body, logger=logging.getLogger("test"))
-    try:
-        with pytest.raises(handlers.kopf.PermanentError):
-            handlers.reconcile(**call)
-        assert global_value("shopdb_reconcile_total", namespace="wiring-reconcile", cluster="a",
-                            result="invalid") == 1
-        assert global_value("shopdb_cluster_phase", namespace="wiring-reconcile", cluster="a",
-                            phase="InvalidSpec") == 1
-
-        monkeypatch.setattr(handlers.rec, "reconcile", lambda *_: handlers.rec.Outcome(status={"applied": {}}))
-        handlers.reconcile(**call)
-        assert global_value("shopdb_reconcile_total", namespace="wiring-reconcile", cluster="a", result="ok") == 1
-        assert global_value("shopdb_cluster_phase", namespace="wiring-reconcile", cluster="a", phase="Ready") == 1
-
-        monkeypatch.setattr(handlers, "_fresh", lambda *_, **__: None)  # deleted meanwhile: not counted
-        handlers.reconcile(**call)
-        assert global_value("shopdb_reconcile_duration_seconds_count", namespace="wiring-reconcile",
-                            cluster="a") == 2
-    finally:
-        metrics.forget_cluster("wiring-reconcile", "a")
-
-
-@pytest.mark.parametrize("address, served", [("127.0.0.1:0", "127.0.0.1:0"), ("", None)])
-def test_run_serves_metrics_before_kopf_starts(monkeypatch, address, served):
-    import kopf.cli
-
-    from shopdb_operator import cli
-    from shopdb_operator.kube.cache import WATCH_SCOPE_ENV
-
-    monkeypatch.delenv(WATCH_SCOPE_ENV, raising=False)  # _run sets it; restored afterwards
-    calls = []
-    monkeypatch.setattr(metrics, "serve", lambda where: calls.append(("serve", where)))
-    monkeypatch.setattr(kopf.cli, "main", lambda argv, **_: calls.append(("kopf", argv[0])))
-    assert cli.main(["run", "--metrics-address", address]) == 0
-    assert calls == ([("serve", served)] if served else []) + [("kopf", "run")]

@@ -134,6 +134,12 @@ def anchor(alert: str) -> str:
     return alert.lower()
 
 
+def _down(up_metric: str, component: str) -> str:
+    """Down: the exporter cannot reach what it watches, or Prometheus cannot scrape the pod."""
+    return (f"max by ({BY_INSTANCE}) ({up_metric}) == 0\nor\n"
+            f"max by ({BY_INSTANCE}) (up{{component=\"{component}\"}}) == 0")
+
+
 def _alert(name: str, expr: str, for_: str, severity: str, summary: str, description: str,
            runbook_base: str) -> dict:
     return {
@@ -163,11 +169,7 @@ def rule_groups(thresholds: Thresholds | Mapping[str, Any] | None = None, *,
         return _alert(*args, runbook_base=runbook_base)
 
     availability = [
-        a("ShopDBInstanceDown", f"""
-            max by ({BY_INSTANCE}) (pg_up) == 0
-            or
-            max by ({BY_INSTANCE}) (up{{component="postgres"}}) == 0
-            """, "1m", "critical",
+        a("ShopDBInstanceDown", _down("pg_up", "postgres"), "1m", "critical",
           f"PostgreSQL down: {INSTANCE}",
           "The exporter of {{ $labels.pod }} cannot reach its PostgreSQL, or Prometheus cannot scrape the "
           "pod, for 1 minute. A primary that stays down is failed over by the operator; a replica's route "
@@ -315,11 +317,7 @@ def rule_groups(thresholds: Thresholds | Mapping[str, Any] | None = None, *,
     ]
 
     pooling_cache = [
-        a("ShopDBPgBouncerDown", f"""
-            max by ({BY_INSTANCE}) (pgbouncer_up) == 0
-            or
-            max by ({BY_INSTANCE}) (up{{component="pgbouncer"}}) == 0
-            """, "2m", "critical",
+        a("ShopDBPgBouncerDown", _down("pgbouncer_up", "pgbouncer"), "2m", "critical",
           f"PgBouncer down: {INSTANCE}",
           "The exporter of {{ $labels.pod }} cannot query PgBouncer, or Prometheus cannot scrape the pod."),
         a("ShopDBPgBouncerClientsWaiting", f"""
@@ -336,11 +334,7 @@ def rule_groups(thresholds: Thresholds | Mapping[str, Any] | None = None, *,
           f"PgBouncer clients wait over {_n(t.pgbouncer_max_wait_seconds)}s in {CLUSTER}",
           "The oldest queued client of database {{ $labels.database }} on {{ $labels.pod }} has waited "
           "{{ $value | printf \"%.0f\" }}s for a server connection (at query_wait_timeout it gets an error)."),
-        a("ShopDBRedisDown", f"""
-            max by ({BY_INSTANCE}) (redis_up) == 0
-            or
-            max by ({BY_INSTANCE}) (up{{component="redis"}}) == 0
-            """, "2m", "critical",
+        a("ShopDBRedisDown", _down("redis_up", "redis"), "2m", "critical",
           f"Redis down: {INSTANCE}",
           "The cache of " + CLUSTER + " does not answer: every read falls through to the database."),
         a("ShopDBRedisMemoryNearLimit", f"""
