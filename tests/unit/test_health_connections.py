@@ -449,3 +449,18 @@ def test_the_failover_daemon_closes_its_connections_when_it_ends(monkeypatch):
     asyncio.run(handler.failover_daemon(name="shop", namespace="shop", body={"spec": {}}, stopped=Stopped(),
                                         logger=logging.getLogger("test")))
     assert len(memories) == 1 and len(memories[0].connections) == 0 and conn.closed
+
+
+def test_a_clusters_check_threads_are_kept_between_checks_and_end_with_it():
+    pool = InstanceConnections()
+    first = pool.executor(2)
+    names = set(first.map(lambda _: threading.current_thread().name, range(8)))
+    assert pool.executor(2) is first and pool.executor(1) is first  # the same threads, check after check
+    assert set(first.map(lambda _: threading.current_thread().name, range(8))) <= names | {
+        f"check_{i}" for i in range(2)}
+    grown = pool.executor(3)  # an instance added to the topology
+    assert grown is not first and grown._max_workers == 3
+    pool.close()
+    assert pool.executor(2) is None
+    with pytest.raises(RuntimeError):
+        grown.submit(lambda: None)  # shut down with the cluster's daemon

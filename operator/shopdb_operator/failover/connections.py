@@ -28,6 +28,7 @@ out of the cache for a check and put back after it, so no two threads ever share
 from __future__ import annotations
 
 import fcntl
+from concurrent.futures import ThreadPoolExecutor
 import hashlib
 import select
 import struct
@@ -90,6 +91,7 @@ class InstanceConnections:
         self._lock = threading.Lock()
         self._idle: dict[str, tuple[Target, Kept]] = {}
         self._closed = False
+        self._pool: ThreadPoolExecutor | None = None
         self.max_age, self.clock = max_age, clock
 
     def take(self, instance: str, target: Target) -> Kept | None:
@@ -134,13 +136,29 @@ class InstanceConnections:
         for _, kept in gone:
             close_quietly(kept.conn)
 
+    def executor(self, workers: int) -> ThreadPoolExecutor | None:
+        """The cluster's check threads, kept between checks like its connections (a thread
+        started per instance per check cost more CPU than the check's SQL); None once closed.
+        Checks of one cluster never overlap, so `workers` threads serve every check."""
+        with self._lock:
+            if self._closed:
+                return None
+            if self._pool is None or self._pool._max_workers < workers:
+                old, self._pool = self._pool, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="check")
+                if old is not None:
+                    old.shutdown(wait=False)
+            return self._pool
+
     def close(self) -> None:
-        """Close every connection; later keep()s close theirs at once."""
+        """Close every connection and end the check threads; later keep()s close theirs at once."""
         with self._lock:
             self._closed = True
             entries, self._idle = list(self._idle.values()), {}
+            pool, self._pool = self._pool, None
         for _, kept in entries:
             close_quietly(kept.conn)
+        if pool is not None:
+            pool.shutdown(wait=False)
 
     def __len__(self) -> int:
         with self._lock:

@@ -167,9 +167,18 @@ def observe_all(targets: Iterable[tuple[str, str | None, int, dict]], password: 
         connections.retain(t[0] for t in targets)
     if not targets:
         return {}
+    def one(t):
+        return observe_sql(t[0], t[1], t[2], password, connections, **t[3])
+    kept = connections.executor(len(targets)) if connections is not None else None
+    if kept is not None:
+        try:
+            results = kept.map(one, targets)  # submits every target now
+        except RuntimeError:  # the cluster's daemon ended and closed it meanwhile
+            pass
+        else:
+            return {o.name: o for o in results}
     with ThreadPoolExecutor(max_workers=len(targets)) as pool:
-        results = pool.map(lambda t: observe_sql(t[0], t[1], t[2], password, connections, **t[3]), targets)
-        return {o.name: o for o in results}
+        return {o.name: o for o in pool.map(one, targets)}
 
 
 def observation_status(observation: Observation, primary: str) -> dict:
