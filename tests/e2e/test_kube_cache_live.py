@@ -35,47 +35,75 @@ def config_map(namespace: str, name: str, value: str, labels: dict | None = None
             "metadata": {"name": name, "namespace": namespace, "labels": labels or LABEL}, "data": {"k": value}}
 
 
+LEASE_API = "coordination.k8s.io/v1"
+
+
+def lease(namespace: str, name: str, holder: str, labels: dict | None = None) -> dict:
+    """A kind the operator reads whole from its cache (a cluster's primary Lease)."""
+    metadata = {"name": name, "namespace": namespace}
+    if labels is not None:
+        metadata["labels"] = labels
+    return {"apiVersion": LEASE_API, "kind": "Lease", "metadata": metadata, "spec": {"holderIdentity": holder}}
+
+
 def in_cache(kube: Kube, namespace: str, name: str):
-    known, obj = kube.cache.get("v1", "ConfigMap", namespace, name)
-    return known, obj
+    return kube.cache.get(LEASE_API, "Lease", namespace, name)
 
 
-def test_the_cache_follows_what_others_do(cached, kubectl, namespace):
+def holder(kube: Kube, namespace: str, name: str) -> str | None:
+    return ((kube.cached_get(LEASE_API, "Lease", namespace, name) or {}).get("spec") or {}).get("holderIdentity")
+
+
+def test_the_cache_follows_what_others_do(cached, kube, namespace):
     assert in_cache(cached, namespace, "a") == (False, None)  # the first read starts the watch
     eventually(lambda: in_cache(cached, namespace, "a")[0], "the watch's first list")
     assert in_cache(cached, namespace, "a") == (True, None)
-    assert cached.cached_get("v1", "ConfigMap", namespace, "a") is None
+    assert cached.cached_get(LEASE_API, "Lease", namespace, "a") is None
 
-    kubectl("-n", namespace, "create", "configmap", "a", "--from-literal=k=1")
-    kubectl("-n", namespace, "label", "configmap", "a", "shopdb.io/cluster=cache-test")
-    eventually(lambda: (cached.cached_get("v1", "ConfigMap", namespace, "a") or {}).get("data") == {"k": "1"},
-               "a labelled ConfigMap another client created")
-    kubectl("-n", namespace, "create", "configmap", "unlabelled", "--from-literal=k=1")
-    kubectl("-n", namespace, "patch", "configmap", "a", "-p", '{"data": {"k": "2"}}')
-    eventually(lambda: cached.cached_get("v1", "ConfigMap", namespace, "a")["data"] == {"k": "2"}, "an edit")
+    kube.create(lease(namespace, "a", "one"))  # another client, unlabelled at first
+    kube.merge_patch(LEASE_API, "Lease", namespace, "a", {"metadata": {"labels": LABEL}})
+    eventually(lambda: holder(cached, namespace, "a") == "one", "a labelled Lease another client created")
+    kube.create(lease(namespace, "unlabelled", "one"))
+    kube.merge_patch(LEASE_API, "Lease", namespace, "a", {"spec": {"holderIdentity": "two"}})
+    eventually(lambda: holder(cached, namespace, "a") == "two", "an edit")
     # the watch selects the cluster label: what lacks it is not in the cache, and is read from the API server
     assert in_cache(cached, namespace, "unlabelled") == (True, None)
-    assert [o["metadata"]["name"] for o in cached.cached_list("v1", "ConfigMap", namespace, LABEL)] == ["a"]
-    assert cached.cached_list("v1", "ConfigMap", namespace, {"shopdb.io/cluster": "other"}) == []
-    assert "managedFields" not in cached.cached_get("v1", "ConfigMap", namespace, "a")["metadata"]
+    assert holder(cached, namespace, "unlabelled") == "one"
+    assert [o["metadata"]["name"] for o in cached.cached_list(LEASE_API, "Lease", namespace, LABEL)] == ["a"]
+    assert cached.cached_list(LEASE_API, "Lease", namespace, {"shopdb.io/cluster": "other"}) == []
+    assert "managedFields" not in cached.cached_get(LEASE_API, "Lease", namespace, "a")["metadata"]
 
-    kubectl("-n", namespace, "delete", "configmap", "a")
+    kube.delete(LEASE_API, "Lease", namespace, "a")
     eventually(lambda: in_cache(cached, namespace, "a") == (True, None), "a deletion")
 
 
+def test_of_kinds_nobody_reads_whole_only_metadata_is_kept(cached, kube, namespace):
+    """ConfigMaps (and StatefulSets, Services...) are watched for `unchanged` alone: their
+    content is not held, and reads of them go to the API server."""
+    kube.apply(config_map(namespace, "m", "1"))
+    cached.cache.unchanged(config_map(namespace, "m", "1"))  # starts the watch
+    store = lambda: cached.cache._store("v1", "ConfigMap", namespace)  # noqa: E731
+    eventually(lambda: store().synced and (namespace, "m") in store().objects, "the list")
+    kept = store().objects[(namespace, "m")]
+    assert "data" not in kept and kept["metadata"]["labels"] == LABEL and kept["metadata"]["resourceVersion"]
+    assert cached.cache.get("v1", "ConfigMap", namespace, "m") == (False, None)
+    assert cached.cached_get("v1", "ConfigMap", namespace, "m")["data"] == {"k": "1"}  # from the API server
+    assert cached.cached_list("v1", "ConfigMap", namespace, LABEL)[0]["data"] == {"k": "1"}
+
+
 def test_a_write_is_seen_at_once_and_never_overtaken(cached, kube, namespace):
-    cached.apply(config_map(namespace, "b", "1"))
+    cached.apply(lease(namespace, "b", "1", LABEL))
     eventually(lambda: in_cache(cached, namespace, "b")[1] is not None, "the watch's first list")
     for value in range(2, 40):  # each answer is in the cache when the call returns
-        written = cached.merge_patch("v1", "ConfigMap", namespace, "b", {"data": {"k": str(value)}})
-        seen = cached.cached_get("v1", "ConfigMap", namespace, "b")
+        written = cached.merge_patch(LEASE_API, "Lease", namespace, "b", {"spec": {"holderIdentity": str(value)}})
+        seen = cached.cached_get(LEASE_API, "Lease", namespace, "b")
         assert int(seen["metadata"]["resourceVersion"]) >= int(written["metadata"]["resourceVersion"])
-        assert seen["data"] == {"k": str(value)}
+        assert seen["spec"]["holderIdentity"] == str(value)
 
 
 def test_an_apply_is_skipped_only_while_nothing_moved(cached, kube, kubectl, namespace):
     manifest = config_map(namespace, "c", "1")
-    eventually(lambda: cached.cache.get("v1", "ConfigMap", namespace, "c")[0], "the watch's first list")
+    eventually(lambda: cached.cache.get("v1", "ConfigMap", namespace, "c", metadata=True)[0], "the watch's first list")
     assert cached.apply(manifest, skip_unchanged=True) is not None  # never applied by this process
     eventually(lambda: cached.cache.unchanged(manifest), "the apply to be seen by the watch")
     assert cached.apply(manifest, skip_unchanged=True) is None

@@ -11,16 +11,13 @@ from shopdb_operator.handlers.failover import suspect_interval, wait_for_next_ch
 
 
 class Stopped:
-    """kopf's DaemonStopped as the daemon uses it: `await stopped.wait(timeout)`."""
+    """kopf's DaemonStopped as the daemon uses it: true once the daemon is to stop."""
 
     def __init__(self):
         self.event = asyncio.Event()
 
-    async def wait(self, timeout: float | None = None):
-        try:
-            await asyncio.wait_for(self.event.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+    def __bool__(self):
+        return self.event.is_set()
 
 
 def run(coroutine_factory):
@@ -63,7 +60,7 @@ def test_stopping_ends_the_wait_and_is_not_an_early_check():
             return woke, time.monotonic() - started
 
         woke, took = run(wait)
-    assert woke is False and took < 1
+    assert woke is False and took < 1.5  # seen within a slice (STOP_SLICE_SECONDS)
 
 
 def test_no_socket_is_watched_twice_and_none_left_registered():

@@ -434,19 +434,20 @@ def test_the_failover_daemon_closes_its_connections_when_it_ends(monkeypatch):
     class Stopped:
         checks = 0
 
-        def __bool__(self):
+        def __bool__(self):  # stopping after the second check
             return self.checks >= 2
 
-        async def wait(self, seconds):
-            self.checks += 1
+    stopped = Stopped()
 
     def locked_check(memory, name, namespace, post_event, logger):
+        stopped.checks += 1
         memory.connections.keep("shop-1", Target.of("10.0.0.5", 5432, "uid-1", "secret"), conn)
 
     conn = FakeConn("10.0.0.5", "secret")
     monkeypatch.setattr(handler, "Memory", memory)
     monkeypatch.setattr(handler, "locked_check", locked_check)
-    asyncio.run(handler.failover_daemon(name="shop", namespace="shop", body={"spec": {}}, stopped=Stopped(),
+    asyncio.run(handler.failover_daemon(name="shop", namespace="shop", body={"spec": {"failover": {"checkIntervalSeconds": 1}}},
+                                        stopped=stopped,
                                         logger=logging.getLogger("test")))
     assert len(memories) == 1 and len(memories[0].connections) == 0 and conn.closed
 

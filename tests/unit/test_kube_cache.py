@@ -6,6 +6,7 @@ in tests/e2e/test_kube_cache_live.py.)"""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 
 from contexts import make_context
 
@@ -70,3 +71,32 @@ def test_contexts_and_their_manifests_are_built_once_per_input():
     # a copy of a context starts with nothing built: never the manifests of the one it came from
     copied = dataclasses.replace(first, topology=plan_topology("shop", first.spec, moved.topology.to_status()))
     assert labels(copied)["shopdb.io/role"] == "primary"
+
+
+def test_a_metadata_only_store_keeps_what_unchanged_reads_and_no_content():
+    store = Store(metadata_only=True)
+    store.replace([{**obj("a", 5, k="x" * 10000), "apiVersion": "v1", "kind": "ConfigMap"}])
+    kept = store.objects[("ns", "a")]
+    assert kept == {"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "a", "namespace": "ns", "resourceVersion": "5"}}
+    store.put(obj("a", 6, k="y"))
+    assert store.objects[("ns", "a")]["metadata"]["resourceVersion"] == "6" and "data" not in store.objects[("ns", "a")]
+
+
+def test_an_evicted_contexts_manifests_lose_their_hashes():
+    """The hashes kept by manifest would otherwise keep every old context's manifests alive."""
+    reconcile = importlib.import_module("shopdb_operator.handlers.reconcile")
+    from shopdb_operator.kube import cache
+
+    spec = make_context().spec.model_dump(by_alias=True, exclude_none=True)
+    topology = make_context().topology.to_status()
+    old = cluster_context("shop", "ns-evict", "uid-e", spec, {"topology": topology})
+    manifests = desired_objects(old)
+    for manifest in manifests:
+        cache._hash_of(manifest)
+    assert all(id(m) in cache._hashes for m in manifests)
+    for n in range(reconcile.CONTEXTS_PER_CLUSTER):  # newer statuses of the same cluster
+        desired_objects(cluster_context("shop", "ns-evict", "uid-e", spec,
+                                        {"topology": topology, "configuration": {"n": n}}))
+    assert cluster_context("shop", "ns-evict", "uid-e", spec, {"topology": topology}) is not old
+    assert not any(id(m) in cache._hashes and cache._hashes[id(m)][0] is m for m in manifests)

@@ -9,6 +9,7 @@ compared with what was last applied.
 from __future__ import annotations
 
 import functools
+import threading
 import json
 
 from pydantic import ValidationError
@@ -42,6 +43,30 @@ def parse_spec(raw: dict | None) -> ClusterSpec:
     spec (each cluster's checks parse the same one every 2 s); the result is shared, so
     callers use model_copy() for a changed one and never set its fields."""
     return _parse_spec_text(json.dumps(raw or {}, sort_keys=True, separators=(",", ":"), default=str))
+
+
+_BY_GENERATION: dict[str, tuple[int, ClusterSpec]] = {}
+_BY_GENERATION_LOCK = threading.Lock()
+
+
+def parse_cluster_spec(body: dict) -> ClusterSpec:
+    """parse_spec() of a cluster object as the API server gave it, once per generation: the
+    API server moves metadata.generation on every spec change (the status subresource keeps
+    status writes from moving it), so a cluster's checks every 2 s need not serialize its
+    spec again to find it parsed. An object without uid or generation is parsed as given."""
+    meta = body.get("metadata") or {}
+    uid, generation = meta.get("uid"), meta.get("generation")
+    if not uid or generation is None:
+        return parse_spec(dict(body.get("spec") or {}))
+    known = _BY_GENERATION.get(uid)
+    if known is not None and known[0] == generation:
+        return known[1]
+    spec = parse_spec(dict(body.get("spec") or {}))
+    with _BY_GENERATION_LOCK:
+        if len(_BY_GENERATION) >= 4096:  # deleted clusters' entries
+            _BY_GENERATION.clear()
+        _BY_GENERATION[uid] = (generation, spec)
+    return spec
 
 
 @functools.lru_cache(maxsize=512)

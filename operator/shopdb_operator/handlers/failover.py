@@ -25,7 +25,7 @@ import kopf
 from .. import GROUP, KIND, PLURAL, VERSION, metrics, postgres
 from ..status import PRIMARY_FENCED, set_condition
 from ..api.spec import ClusterSpec
-from ..api.validate import InvalidSpec, parse_spec
+from ..api.validate import InvalidSpec, parse_cluster_spec
 from ..builders.common import POSTGRES_PORT
 from ..builders.agent import lease_timing, primary_lease
 from ..builders.secrets import PGBOUNCER_CREDENTIAL, SUPERUSER_CREDENTIAL
@@ -52,6 +52,7 @@ WAIT_POLL_SECONDS = 0.25
 # relabel reads none, the repoint reads the standbys as promoted, and the PgBouncer release
 # none. Observing costs up to PORT_CHECK_SECONDS when the old primary's address is dead.
 OBSERVED_ENOUGH_AFTER = (decide.RELABEL, decide.REPOINT)
+STOP_SLICE_SECONDS = 1  # the wait between checks looks this often whether the daemon is to stop
 HEALTH_REFRESH_SECONDS = 30  # status.health is rewritten at least this often (the lags), or on a change
 PASSWORD_KEPT_SECONDS = 300  # the superuser password is read again after this, or after a failed check
 
@@ -85,6 +86,8 @@ class Memory:
     password: tuple[str, float] | None = None
     # The checks' connections, kept open between checks; closed when the daemon ends.
     connections: InstanceConnections = field(default_factory=InstanceConnections)
+    # The resourceVersion whose status the metrics were last fed (report_status).
+    reported_version: str | None = None
 
 
 @dataclass
@@ -226,7 +229,7 @@ def check_cluster(kube: Kube, memory: Memory, name: str, namespace: str, body: d
     if "applied" not in status:
         return  # not created yet
     try:
-        spec = parse_spec(dict(body.get("spec") or {}))
+        spec = parse_cluster_spec(body)
     except InvalidSpec:
         return
     if memory.password and time.monotonic() - memory.password[1] < PASSWORD_KEPT_SECONDS:
@@ -356,17 +359,25 @@ def locked_check(memory: Memory, name: str, namespace: str, post_event, logger) 
             try:
                 check_cluster(client, memory, name, namespace, current, post_event, logger)
             finally:  # the gauges follow what this check recorded (failover, rollout, phase)
-                report_status(client, name, namespace)
+                report_status(client, name, namespace, memory)
 
 
-def report_status(client: Kube, name: str, namespace: str) -> None:
-    """Feed the metrics the cluster's status as the check left it; never fails the check."""
+def report_status(client: Kube, name: str, namespace: str, memory: Memory | None = None) -> None:
+    """Feed the metrics the cluster's status as the check left it; never fails the check.
+    With the daemon's `memory`, only when the cluster moved since (the gauges are a function
+    of its status and spec alone)."""
     try:
         after = client.cached_get(f"{GROUP}/{VERSION}", KIND, namespace, name)
     except KubeError:
         return
-    if after is not None and not after["metadata"].get("deletionTimestamp"):
-        metrics.set_cluster_status(namespace, name, after.get("status"), after.get("spec"))
+    if after is None or after["metadata"].get("deletionTimestamp"):
+        return
+    version = after["metadata"].get("resourceVersion")
+    if memory is not None and version and version == memory.reported_version:
+        return
+    metrics.set_cluster_status(namespace, name, after.get("status"), after.get("spec"))
+    if memory is not None:
+        memory.reported_version = version
 
 
 def suspect_interval(interval: float) -> float:
@@ -382,24 +393,40 @@ async def wait_for_next_check(stopped, interval: float, sockets: list[int]) -> b
     next interval, which is when PgBouncer starts refusing its clients ("server login has
     been failing") until the failover holds them."""
     loop = asyncio.get_running_loop()
-    readable = asyncio.Event()
+    deadline = loop.time() + interval
+    # One future and one timer, no task: this runs every 2 s for every cluster. The timer
+    # looks at `stopped` every STOP_SLICE_SECONDS (kopf's wait for it would start a task).
+    wake = loop.create_future()
+    timer = None
+
+    def tick() -> None:
+        nonlocal timer
+        left = deadline - loop.time()
+        if stopped or left <= 0:
+            _wake(wake, False)
+        else:
+            timer = loop.call_later(min(left, STOP_SLICE_SECONDS), tick)
+
     watched = []
     for fd in sockets:
         try:
-            loop.add_reader(fd, readable.set)
+            loop.add_reader(fd, _wake, wake, True)
             watched.append(fd)
         except (OSError, ValueError):
             pass
-    timer = asyncio.ensure_future(stopped.wait(interval))
-    early = asyncio.ensure_future(readable.wait())
+    tick()
     try:
-        done, _ = await asyncio.wait({timer, early}, return_when=asyncio.FIRST_COMPLETED)
-        return early in done and not timer.done()
+        return await wake
     finally:
-        for task in (timer, early):
-            task.cancel()
+        if timer is not None:
+            timer.cancel()
         for fd in watched:
             loop.remove_reader(fd)
+
+
+def _wake(future: asyncio.Future, readable: bool) -> None:
+    if not future.done():
+        future.set_result(readable)
 
 
 @kopf.daemon(*RESOURCE, cancellation_timeout=10)
@@ -420,7 +447,7 @@ async def failover_daemon(name, namespace, body, stopped, logger, **_) -> None:
         while not stopped:
             interval = 2
             try:
-                interval = parse_spec(dict(body.get("spec") or {})).failover.check_interval_seconds
+                interval = parse_cluster_spec(body).failover.check_interval_seconds
             except InvalidSpec:
                 pass
             try:

@@ -7,11 +7,12 @@ it to kopf's create/update/resume handlers and timer.
 from __future__ import annotations
 
 import datetime
-import functools
 import json
 import logging
 import os
 import secrets
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from .. import backup, certs
@@ -23,6 +24,7 @@ from ..builders.common import LABEL_CLUSTER, LABEL_ROLE
 from ..builders.secrets import CREDENTIALS, credential_secret
 from ..failover.adapters import database_pods
 from ..fencing import lease as fencing_lease
+from ..kube.cache import forget_hashes
 from ..kube.client import Kube, KubeError
 from ..rollout import config as rollout_config
 from ..status import summarize_instances
@@ -57,7 +59,7 @@ class Outcome:
 
 
 def cluster_context(name: str, namespace: str, uid: str, spec_raw: dict | None, status: dict | None,
-                    last_good_parameters: bool = False) -> ClusterContext:
+                    last_good_parameters: bool = False, generation: int | None = None) -> ClusterContext:
     """Parse and check the spec against what was applied before; raises InvalidSpec.
 
     Parameters PostgreSQL refused after they were applied (status.configuration.rejected)
@@ -65,17 +67,79 @@ def cluster_context(name: str, namespace: str, uid: str, spec_raw: dict | None, 
     instance last loaded: what the instances' ConfigMaps hold meanwhile.
 
     The same inputs give the same context object (and so the manifests built from it, see
-    builders.common.built) for as long as they stay among the last few hundred used."""
+    builders.common.built) for as long as they stay among the last few used for that cluster
+    (CONTEXTS_PER_CLUSTER).
+
+    `generation`: the cluster's metadata.generation, when `spec_raw` is the spec the API
+    server gave with it; it stands for the spec in the key (no need to serialize it again)."""
     status = status or {}
-    key = json.dumps([name, namespace, uid, spec_raw or {}, status.get("configuration"), status.get("applied"),
+    spec_key = {"generation": generation} if generation is not None else spec_raw or {}
+    key = json.dumps([name, namespace, uid, spec_key, status.get("configuration"), status.get("applied"),
                       status.get("topology"), last_good_parameters, operator_image(), operator_namespace()],
                      sort_keys=True, separators=(",", ":"), default=str)
-    return _cluster_context(key)
+    return _CONTEXTS.get((namespace, name, uid), key, lambda k: _cluster_context(k, spec_raw))
 
 
-@functools.lru_cache(maxsize=512)
-def _cluster_context(key: str) -> ClusterContext:
-    name, namespace, uid, spec_raw, configuration, applied, topology, last_good_parameters, _, _ = json.loads(key)
+# A context with every manifest built from it takes ~0.4 MiB. A cluster's checks, drift
+# passes and rollout use two or three at a time (its spec as given and with the last good
+# parameters); older ones (each earlier status.configuration or topology) are dropped.
+CONTEXTS_PER_CLUSTER = 4
+CLUSTERS_REMEMBERED = 1024
+
+
+class ContextCache:
+    """key -> context, at most `per_cluster` per cluster, least recently used dropped first;
+    at most `clusters` clusters (a deleted cluster's contexts go when they are the oldest)."""
+
+    def __init__(self, per_cluster: int = CONTEXTS_PER_CLUSTER, clusters: int = CLUSTERS_REMEMBERED,
+                 on_evict=lambda ctx: None) -> None:
+        self.per_cluster, self.clusters, self.on_evict = per_cluster, clusters, on_evict
+        self.lock = threading.Lock()
+        self.entries: OrderedDict[tuple, OrderedDict[str, ClusterContext]] = OrderedDict()
+
+    def get(self, cluster: tuple, key: str, build) -> ClusterContext:
+        with self.lock:
+            found = self.entries.get(cluster)
+            if found is not None and key in found:
+                self.entries.move_to_end(cluster)
+                found.move_to_end(key)
+                return found[key]
+        ctx = build(key)  # outside the lock (may raise InvalidSpec: nothing kept)
+        with self.lock:
+            found = self.entries.setdefault(cluster, OrderedDict())
+            self.entries.move_to_end(cluster)
+            ctx = found.setdefault(key, ctx)  # a concurrent build of the same key: one wins
+            found.move_to_end(key)
+            evicted = []
+            while len(found) > self.per_cluster:
+                evicted.append(found.popitem(last=False)[1])
+            while len(self.entries) > self.clusters:
+                evicted.extend(self.entries.popitem(last=False)[1].values())
+        for old in evicted:
+            self.on_evict(old)
+        return ctx
+
+    def __len__(self) -> int:
+        with self.lock:
+            return sum(len(v) for v in self.entries.values())
+
+
+def _forget_manifests(ctx: ClusterContext) -> None:
+    """An evicted context's manifests are applied no more: their hashes go too (kube/cache.py
+    keeps them by manifest, which would keep the manifests alive)."""
+    manifests = []
+    for value in ctx.memo.values():
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, dict) and "metadata" in item:
+                manifests.append(item)
+    forget_hashes(manifests)
+
+
+_CONTEXTS = ContextCache(on_evict=_forget_manifests)
+
+
+def _cluster_context(key: str, spec_raw: dict | None) -> ClusterContext:
+    name, namespace, uid, _, configuration, applied, topology, last_good_parameters, _, _ = json.loads(key)
     status = {k: v for k, v in (("configuration", configuration), ("applied", applied), ("topology", topology))
               if v is not None}
     spec = parse_spec(spec_raw)

@@ -66,7 +66,7 @@ def step(actor, body: dict, post_event, now: datetime.datetime) -> rolling.Decis
     check = actor.check
     try:
         ctx = cluster_context(check.name, check.namespace, body["metadata"]["uid"], body.get("spec"), check.status,
-                              last_good_parameters=True)
+                              last_good_parameters=True, generation=body["metadata"].get("generation"))
     except InvalidSpec:
         return None
     apply_pgbouncer(actor, ctx, post_event, now)

@@ -19,7 +19,10 @@ controllers), so an idle cluster costs the API server and the operator no reques
 
 Watches are started lazily per (kind, namespace), so the operator needs list/watch only
 where it has clusters (the namespace-scoped RBAC too). Only kinds carrying the cluster label
-are watched, with that label as selector, and their managedFields are dropped.
+are watched, with that label as selector, and their managedFields are dropped. Of the kinds
+whose content nobody reads from here (only `unchanged` looks at them), only the metadata is
+kept: an idle cluster's StatefulSets and ConfigMaps would otherwise take a megabyte of the
+operator's memory.
 """
 
 from __future__ import annotations
@@ -56,6 +59,11 @@ WATCHED = {
     ("rbac.authorization.k8s.io/v1", "Role"): CLUSTER_LABEL,
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): CLUSTER_LABEL,
 }
+# Kinds read whole from the cache (cached_get/cached_list); of the others only metadata is
+# kept, and get/list of them go to the API server.
+CONTENT = {("v1", "Pod"), ("coordination.k8s.io/v1", "Lease"), (f"{GROUP}/{VERSION}", "ShopDatabaseCluster"),
+           ("batch/v1", "Job")}
+METADATA_KEPT = ("name", "namespace", "uid", "resourceVersion", "generation", "labels", "deletionTimestamp")
 WATCH_SCOPE_ENV = "SHOPDB_WATCH_SCOPE"  # "cluster" (set by `shopdb-operator run` serving every namespace) or not
 WATCH_SECONDS = 60  # the API server ends each watch after this; renewed from its last version (a silent
 # connection is given up WATCH_SECONDS + 30 s after its last event)
@@ -95,8 +103,19 @@ def _hash_of(manifest: dict) -> str:
     return digest
 
 
-def _slim(obj: dict) -> dict:
+def forget_hashes(manifests) -> None:
+    """Drop the hashes of manifests nobody applies any more (a cluster context evicted)."""
+    for manifest in manifests:
+        entry = _hashes.get(id(manifest))
+        if entry is not None and entry[0] is manifest:
+            del _hashes[id(manifest)]
+
+
+def _slim(obj: dict, metadata_only: bool = False) -> dict:
     meta = obj.get("metadata") or {}
+    if metadata_only:
+        return {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"),
+                "metadata": {k: meta[k] for k in METADATA_KEPT if k in meta}}
     if "managedFields" in meta:
         obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
     return obj
@@ -110,14 +129,15 @@ class Store:
     """One kind's objects (in one namespace, or in all), by (namespace, name); the watch and
     writes both update it."""
 
-    def __init__(self) -> None:
+    def __init__(self, metadata_only: bool = False) -> None:
+        self.metadata_only = metadata_only
         self.lock = threading.Lock()
         self.objects: dict[tuple[str, str], dict] = {}
         self.synced = False
 
     def replace(self, items: list[dict]) -> None:
         with self.lock:
-            fresh = {_key(i): _slim(i) for i in items}
+            fresh = {_key(i): _slim(i, self.metadata_only) for i in items}
             for key, obj in self.objects.items():  # a write answered after the list was taken
                 if key in fresh and newer(obj["metadata"].get("resourceVersion"),
                                           fresh[key]["metadata"].get("resourceVersion")):
@@ -134,7 +154,7 @@ class Store:
             if have is None and not insert:
                 return
             if have is None or newer(obj["metadata"].get("resourceVersion"), have["metadata"].get("resourceVersion")):
-                self.objects[key] = _slim(obj)
+                self.objects[key] = _slim(obj, self.metadata_only)
 
     def remove(self, obj: dict) -> None:
         key = _key(obj)
@@ -150,7 +170,7 @@ class Informer:
 
     def __init__(self, kube: "Kube", api_version: str, kind: str, namespace: str | None, selector: str):
         self.kube, self.api_version, self.kind, self.namespace, self.selector = kube, api_version, kind, namespace, selector
-        self.store = Store()
+        self.store = Store(metadata_only=(api_version, kind) not in CONTENT)
         self.thread = threading.Thread(target=self._run, name=f"watch {kind} {namespace or '*'}", daemon=True)
         self.thread.start()
 
@@ -221,16 +241,18 @@ class Cache:
                                                               WATCHED[(api_version, kind)])
         return informer.store if informer is not None else None
 
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> tuple[bool, dict | None]:
-        """(True, the object or None when it does not exist), or (False, None): not known yet."""
+    def get(self, api_version: str, kind: str, namespace: str, name: str,
+            metadata: bool = False) -> tuple[bool, dict | None]:
+        """(True, the object or None when it does not exist), or (False, None): not known yet,
+        or only its metadata is kept and `metadata` (that is all the caller reads) is not set."""
         store = self._store(api_version, kind, namespace)
-        if store is None or not store.synced:
+        if store is None or not store.synced or (store.metadata_only and not metadata):
             return False, None
         return True, store.objects.get((namespace, name))
 
     def list(self, api_version: str, kind: str, namespace: str, labels: dict[str, str]) -> list[dict] | None:
         store = self._store(api_version, kind, namespace)
-        if store is None or not store.synced:
+        if store is None or not store.synced or store.metadata_only:
             return None
         items = list(store.objects.items())
         return [o for (ns, _), o in items if ns == namespace
@@ -253,7 +275,8 @@ class Cache:
         record = self.applied.get(key)
         if record is None or time.monotonic() - record[2] > REAPPLY_SECONDS:
             return False
-        known, live = self.get(manifest["apiVersion"], manifest["kind"], meta.get("namespace") or "", meta["name"])
+        known, live = self.get(manifest["apiVersion"], manifest["kind"], meta.get("namespace") or "", meta["name"],
+                               metadata=True)
         return (known and live is not None and record[0] == _hash_of(manifest)
                 and live["metadata"].get("resourceVersion") == record[1])
 
