@@ -357,12 +357,8 @@ def main() -> int:
     kubeconfig, started_cluster = ensure_cluster()
     kubectl, images = Kubectl(kubeconfig), Images.from_env()
     signal.signal(signal.SIGTERM, _interrupted)  # a killed make or a timeout cleans up like Ctrl-C
-    crd = kubectl("get", "crd", "shopdatabaseclusters.shopdb.io", "-o", "jsonpath={.metadata.deletionTimestamp}",
-                  check=False)
-    if crd.returncode == 0 and crd.stdout.strip():
-        raise SystemExit("the ShopDatabaseCluster CRD is being deleted (an earlier run's teardown waits for a "
-                         "cluster's finalizer): no cluster can be created until it is gone")
-    installed_before = crd.returncode == 0
+    support.finish_crd_deletion(kubectl)  # an interrupted earlier run's
+    installed_before = kubectl("get", "crd", support.CRD, check=False).returncode == 0
     if kubectl("get", "namespace", NAMESPACE, check=False).returncode == 0:
         raise SystemExit(f"namespace {NAMESPACE} exists (an earlier run left it?): "
                          f"kubectl delete sdc --all -n {NAMESPACE}; kubectl delete ns {NAMESPACE}")

@@ -210,6 +210,8 @@ def operator(kubectl, images):
     yield
     kubectl("delete", "-f", str(REPO / "crds"), "--ignore-not-found", "--wait=true", "--timeout=120s", check=False,
             timeout=180)
+    from support import finish_crd_deletion
+    finish_crd_deletion(kubectl)  # a cluster whose deletion outlasted the wait: never left Terminating
     kubectl("delete", "-f", str(REPO / "manifests"), "--ignore-not-found", "--wait=true", check=False, timeout=300)
 
 

@@ -55,9 +55,34 @@ def build_operator_image(kubectl) -> None:
     _operator_image_built = True
 
 
+CRD = "shopdatabaseclusters.shopdb.io"
+
+
+def finish_crd_deletion(kubectl) -> bool:
+    """An earlier run interrupted in its teardown (killed, or its operator removed before it
+    released a cluster's finalizer) leaves the CRD Terminating for good: kopf does not serve a
+    CRD that is being deleted, so no operator installed now would release that finalizer, and
+    no cluster can be created. The teardown is finished here: the leftover clusters'
+    finalizers removed (their namespaces are the earlier run's), and the CRD waited for.
+    True when there was one to finish."""
+    crd = kubectl("get", "crd", CRD, "-o", "jsonpath={.metadata.deletionTimestamp}", check=False)
+    if crd.returncode != 0 or not crd.stdout.strip():
+        return False
+    left = kubectl("get", "sdc", "-A", "-o", "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name} {end}",
+                   check=False).stdout.split()
+    for entry in left:
+        namespace, name = entry.split("/", 1)
+        print(f"finishing an earlier run's teardown: releasing {namespace}/{name}'s finalizer", flush=True)
+        kubectl("-n", namespace, "patch", "sdc", name, "--type=merge", "-p", '{"metadata":{"finalizers":[]}}',
+                check=False)
+    kubectl("wait", "--for=delete", f"crd/{CRD}", "--timeout=120s", check=False, timeout=150)
+    return True
+
+
 def install_operator(kubectl, images) -> None:
     """crds/ and manifests/ applied as users do, running the operator image of this checkout."""
     build_operator_image(kubectl)
+    finish_crd_deletion(kubectl)
     kubectl("apply", "-f", str(REPO / "crds"), "-f", str(REPO / "manifests"))
     kubectl("-n", OPERATOR_NAMESPACE, "set", "image", "deployment/shopdb-operator", f"operator={images.operator}")
     kubectl("-n", OPERATOR_NAMESPACE, "set", "env", "deployment/shopdb-operator",
