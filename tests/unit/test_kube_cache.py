@@ -100,3 +100,20 @@ def test_an_evicted_contexts_manifests_lose_their_hashes():
                                         {"topology": topology, "configuration": {"n": n}}))
     assert cluster_context("shop", "ns-evict", "uid-e", spec, {"topology": topology}) is not old
     assert not any(id(m) in cache._hashes and cache._hashes[id(m)][0] is m for m in manifests)
+
+
+def test_the_store_indexes_objects_by_cluster_through_relabels_and_deletions():
+    def pod(name, version, cluster, namespace="ns"):
+        return {"metadata": {"name": name, "namespace": namespace, "resourceVersion": str(version),
+                             "labels": {"shopdb.io/cluster": cluster} if cluster else {}}}
+
+    store = Store()
+    store.replace([pod("a-0", 1, "a"), pod("b-0", 1, "b"), pod("a-1", 1, "a"), pod("a-0", 1, "a", "other")])
+    names = lambda ns, c: [o["metadata"]["name"] for o in store.cluster_members(ns, c)]  # noqa: E731
+    assert names("ns", "a") == ["a-0", "a-1"] and names("ns", "b") == ["b-0"] and names("other", "a") == ["a-0"]
+    store.put(pod("a-1", 2, "b"))  # relabelled
+    assert names("ns", "a") == ["a-0"] and names("ns", "b") == ["a-1", "b-0"]
+    store.remove(pod("a-0", 3, "a"))
+    assert names("ns", "a") == [] and ("ns", "a") not in store.by_cluster
+    store.replace([pod("c-0", 4, "c")])
+    assert names("ns", "b") == [] and names("ns", "c") == ["c-0"]

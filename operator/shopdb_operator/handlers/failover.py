@@ -52,7 +52,7 @@ WAIT_POLL_SECONDS = 0.25
 # relabel reads none, the repoint reads the standbys as promoted, and the PgBouncer release
 # none. Observing costs up to PORT_CHECK_SECONDS when the old primary's address is dead.
 OBSERVED_ENOUGH_AFTER = (decide.RELABEL, decide.REPOINT)
-STOP_SLICE_SECONDS = 1  # the wait between checks looks this often whether the daemon is to stop
+STOP_SLICE_SECONDS = 5  # a longer wait between checks looks this often whether the daemon is to stop
 HEALTH_REFRESH_SECONDS = 30  # status.health is rewritten at least this often (the lags), or on a change
 PASSWORD_KEPT_SECONDS = 300  # the superuser password is read again after this, or after a failed check
 
@@ -442,6 +442,7 @@ async def failover_daemon(name, namespace, body, stopped, logger, **_) -> None:
     def post_event(type_: str, reason: str, message: str) -> None:
         kopf.event(body, type=type_, reason=reason, message=message)
 
+    loop = asyncio.get_running_loop()
     try:
         woke_early = False
         while not stopped:
@@ -451,7 +452,8 @@ async def failover_daemon(name, namespace, body, stopped, logger, **_) -> None:
             except InvalidSpec:
                 pass
             try:
-                await asyncio.to_thread(locked_check, memory, name, namespace, post_event, logger)
+                # run_in_executor rather than to_thread: no context copied, every 2 s per cluster
+                await loop.run_in_executor(None, locked_check, memory, name, namespace, post_event, logger)
             except kopf.TemporaryError as err:
                 logger.info("failover check of %s/%s: %s", namespace, name, err)
             except KubeError as err:

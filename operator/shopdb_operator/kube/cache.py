@@ -133,7 +133,32 @@ class Store:
         self.metadata_only = metadata_only
         self.lock = threading.Lock()
         self.objects: dict[tuple[str, str], dict] = {}
+        # (namespace, cluster label) -> the keys of its objects: a cluster's pods are listed
+        # several times per check, and in every namespace's store there are all clusters' pods.
+        self.by_cluster: dict[tuple[str, str | None], set[tuple[str, str]]] = {}
         self.synced = False
+
+    @staticmethod
+    def _cluster_of(key: tuple[str, str], obj: dict) -> tuple[str, str | None]:
+        return key[0], (obj["metadata"].get("labels") or {}).get(CLUSTER_LABEL)
+
+    def _set(self, key: tuple[str, str], obj: dict | None) -> None:
+        old = self.objects.get(key)
+        if old is not None:
+            members = self.by_cluster.get(self._cluster_of(key, old))
+            if members is not None:
+                members.discard(key)
+                if not members:
+                    del self.by_cluster[self._cluster_of(key, old)]
+        if obj is None:
+            self.objects.pop(key, None)
+        else:
+            self.objects[key] = obj
+            self.by_cluster.setdefault(self._cluster_of(key, obj), set()).add(key)
+
+    def cluster_members(self, namespace: str, cluster: str) -> list[dict]:
+        with self.lock:
+            return [self.objects[k] for k in sorted(self.by_cluster.get((namespace, cluster), ()))]
 
     def replace(self, items: list[dict]) -> None:
         with self.lock:
@@ -142,7 +167,9 @@ class Store:
                 if key in fresh and newer(obj["metadata"].get("resourceVersion"),
                                           fresh[key]["metadata"].get("resourceVersion")):
                     fresh[key] = obj
-            self.objects = fresh
+            self.objects, self.by_cluster = {}, {}
+            for key, obj in fresh.items():
+                self._set(key, obj)
             self.synced = True
 
     def put(self, obj: dict, insert: bool = True) -> None:
@@ -154,7 +181,7 @@ class Store:
             if have is None and not insert:
                 return
             if have is None or newer(obj["metadata"].get("resourceVersion"), have["metadata"].get("resourceVersion")):
-                self.objects[key] = _slim(obj, self.metadata_only)
+                self._set(key, _slim(obj, self.metadata_only))
 
     def remove(self, obj: dict) -> None:
         key = _key(obj)
@@ -162,7 +189,7 @@ class Store:
             have = self.objects.get(key)
             if have is not None and not newer(have["metadata"].get("resourceVersion"),
                                               obj["metadata"].get("resourceVersion")):
-                del self.objects[key]
+                self._set(key, None)
 
 
 class Informer:
@@ -254,9 +281,12 @@ class Cache:
         store = self._store(api_version, kind, namespace)
         if store is None or not store.synced or store.metadata_only:
             return None
-        items = list(store.objects.items())
-        return [o for (ns, _), o in items if ns == namespace
-                and all(((o["metadata"].get("labels") or {}).get(k)) == v for k, v in labels.items())]
+        if CLUSTER_LABEL in labels:
+            candidates = store.cluster_members(namespace, labels[CLUSTER_LABEL])
+        else:
+            candidates = [o for (ns, _), o in list(store.objects.items()) if ns == namespace]
+        return [o for o in candidates
+                if all(((o["metadata"].get("labels") or {}).get(k)) == v for k, v in labels.items())]
 
     def observe(self, obj: dict | None) -> None:
         """A write's answer: kept unless the watch has delivered something newer (or the
