@@ -439,17 +439,28 @@ def test_the_failover_daemon_closes_its_connections_when_it_ends(monkeypatch):
 
     stopped = Stopped()
 
+    seen = []
+
     def locked_check(memory, name, namespace, post_event, logger):
+        seen.append(kopf_context.get(None))  # kopf.event() reads its settings from the context
         stopped.checks += 1
         memory.connections.keep("shop-1", Target.of("10.0.0.5", 5432, "uid-1", "secret"), conn)
 
     conn = FakeConn("10.0.0.5", "secret")
     monkeypatch.setattr(handler, "Memory", memory)
     monkeypatch.setattr(handler, "locked_check", locked_check)
-    asyncio.run(handler.failover_daemon(name="shop", namespace="shop", body={"spec": {"failover": {"checkIntervalSeconds": 1}}},
-                                        stopped=stopped,
-                                        logger=logging.getLogger("test")))
+    import contextvars
+    kopf_context = contextvars.ContextVar("kopf_context")
+
+    async def daemon():
+        kopf_context.set("the operator's")
+        await handler.failover_daemon(name="shop", namespace="shop",
+                                      body={"spec": {"failover": {"checkIntervalSeconds": 1}}},
+                                      stopped=stopped, logger=logging.getLogger("test"))
+
+    asyncio.run(daemon())
     assert len(memories) == 1 and len(memories[0].connections) == 0 and conn.closed
+    assert seen == ["the operator's"] * 2  # each check ran in the daemon's context
 
 
 def test_a_clusters_check_threads_are_kept_between_checks_and_end_with_it():

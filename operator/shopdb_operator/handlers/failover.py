@@ -442,7 +442,6 @@ async def failover_daemon(name, namespace, body, stopped, logger, **_) -> None:
     def post_event(type_: str, reason: str, message: str) -> None:
         kopf.event(body, type=type_, reason=reason, message=message)
 
-    loop = asyncio.get_running_loop()
     try:
         woke_early = False
         while not stopped:
@@ -452,8 +451,8 @@ async def failover_daemon(name, namespace, body, stopped, logger, **_) -> None:
             except InvalidSpec:
                 pass
             try:
-                # run_in_executor rather than to_thread: no context copied, every 2 s per cluster
-                await loop.run_in_executor(None, locked_check, memory, name, namespace, post_event, logger)
+                # to_thread: the check runs in kopf's context (kopf.event reads its settings there)
+                await asyncio.to_thread(locked_check, memory, name, namespace, post_event, logger)
             except kopf.TemporaryError as err:
                 logger.info("failover check of %s/%s: %s", namespace, name, err)
             except KubeError as err:
