@@ -49,16 +49,14 @@ def test_a_session_ended_by_its_server_wakes_the_check_at_once():
     assert woke is True and took < 1
 
 
-def test_stopping_ends_the_wait_and_is_not_an_early_check(monkeypatch):
-    from shopdb_operator.handlers import failover
-    monkeypatch.setattr(failover, "STOP_SLICE_SECONDS", 0.1)
+def test_stopping_ends_the_wait_and_is_not_an_early_check():
     ours, server = socket.socketpair()
     with ours, server:
         async def wait():
             stopped = Stopped()
             asyncio.get_running_loop().call_later(0.05, stopped.event.set)
             started = time.monotonic()
-            woke = await wait_for_next_check(stopped, 5, [ours.fileno()])
+            woke = await wait_for_next_check(stopped, 5, [ours.fileno()], slice_seconds=0.1)
             return woke, time.monotonic() - started
 
         woke, took = run(wait)

@@ -385,7 +385,8 @@ def suspect_interval(interval: float) -> float:
     return max(1.0, interval / 2)
 
 
-async def wait_for_next_check(stopped, interval: float, sockets: list[int]) -> bool:
+async def wait_for_next_check(stopped, interval: float, sockets: list[int],
+                              slice_seconds: float = STOP_SLICE_SECONDS) -> bool:
     """Wait `interval` seconds, or until the operator stops, or until one of the kept check
     connections' `sockets` has something to read; True in that last case. An idle session
     gets nothing from its server unless the server ends it: a killed PostgreSQL (its
@@ -405,7 +406,7 @@ async def wait_for_next_check(stopped, interval: float, sockets: list[int]) -> b
         if stopped or left <= 0:
             _wake(wake, False)
         else:
-            timer = loop.call_later(min(left, STOP_SLICE_SECONDS), tick)
+            timer = loop.call_later(min(left, slice_seconds), tick)
 
     watched = []
     for fd in sockets:
