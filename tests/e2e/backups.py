@@ -169,9 +169,25 @@ def wait_archived(view: ClusterView, timeout: float = 120) -> str:
     """Switch to a new WAL segment and wait until the primary archived the one it closed."""
     primary = view.primary()
     segment = view.sql(primary, "SELECT pg_walfile_name(pg_switch_wal())")[0][0]
-    wait_for(lambda: (view.sql(primary, "SELECT last_archived_wal FROM pg_stat_archiver")[0][0] or "") >= segment,
-             timeout, f"{segment} archived", interval=1)
+    try:
+        wait_for(lambda: (view.sql(primary, "SELECT last_archived_wal FROM pg_stat_archiver")[0][0] or "") >= segment,
+                 timeout, f"{segment} archived", interval=1)
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n{archiver_report(view, primary)}") from None
     return segment
+
+
+def archiver_report(view: ClusterView, primary: str) -> str:
+    """What the archiver and pgBackRest said, for a failure message."""
+    import subprocess
+
+    lines = [f"pg_stat_archiver on {primary}: {view.sql(primary, 'SELECT * FROM pg_stat_archiver')}"]
+    ready = view.sql(primary, "SELECT name FROM pg_ls_archive_statusdir() ORDER BY name")
+    lines.append(f"archive_status: {[r[0] for r in ready]}")
+    logs = subprocess.run(["kubectl", "--kubeconfig", view.kubeconfig, "-n", view.namespace, "logs", f"{primary}-0",
+                           "-c", "postgres", "--tail=80"], capture_output=True, text=True, timeout=60)
+    lines.append(f"postgres log (last 80 lines):\n{logs.stdout}{logs.stderr}")
+    return "\n".join(lines)
 
 
 def db_time(view: ClusterView) -> str:

@@ -194,6 +194,7 @@ def test_a_lost_repository_stops_archiving_there_only_and_the_other_region_resto
     previous = source.status()["backup"].get("lastJob")
     request(kubectl, source, "shopdb.io/backup-now=full", "shopdb.io/backup-repository=region-a")
     wait_new_backup_job(source, previous)
+    assert condition(source, "LastBackupSucceeded")["status"] == "True", condition(source, "LastBackupSucceeded")
     wait_archived(source)
     wait_for(lambda: condition(source, "ContinuousArchiving").get("status") == "True", 120,
              "ContinuousArchiving to recover", interval=2)
