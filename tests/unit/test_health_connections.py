@@ -8,6 +8,7 @@ runs the real thing)."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import socket
 import threading
@@ -61,6 +62,11 @@ class Server:
         monkeypatch.setattr(monitor, "tcp_check", lambda host, port: self.tcp)
         monkeypatch.setattr(monitor.postgres, "connect", self.connect)
         monkeypatch.setattr(monitor, "bounded_row", self.query)
+
+        async def query_async(conn, sql, answer_within, ack_within):
+            return self.query(conn, sql, answer_within, ack_within)
+
+        monkeypatch.setattr(monitor, "bounded_row_async", query_async)
 
     def connect(self, host, port, password, **_):
         conn = FakeConn(host, password)
@@ -202,6 +208,55 @@ def test_connections_of_instances_gone_from_the_topology_are_closed(server):
     assert set(observations) == {"shop-1", "shop-2"} and pool.instances() == ["shop-1", "shop-2"]
     by_host = {c.host: c for c in server.made}
     assert by_host["10.0.0.3"].closed and not by_host["10.0.0.1"].closed and len(server.made) == 3
+
+
+def kept_check(pool, targets, password="secret"):
+    return asyncio.run(monitor.observe_kept(targets, password, pool))
+
+
+def targets_of(*names, **pod):
+    return [(name, f"10.0.0.{i}", 5432, {**POD, **pod}) for i, name in enumerate(names, start=1)]
+
+
+def test_on_the_event_loop_kept_connections_answer_as_in_a_thread(server):
+    pool = InstanceConnections()
+    targets = targets_of("shop-1", "shop-2")
+    threaded = monitor.observe_all(targets, "secret", pool)
+    on_loop = kept_check(pool, targets)
+    assert on_loop == threaded and on_loop["shop-1"].is_writable_primary
+    assert len(server.made) == 2 and server.queried[2:] == server.made  # the same connections, kept again
+    assert pool.instances() == ["shop-1", "shop-2"]
+
+
+def test_on_the_event_loop_an_instance_without_a_kept_connection_is_left_to_a_fresh_check(server):
+    pool = InstanceConnections()
+    monitor.observe_all(targets_of("shop-1"), "secret", pool)
+    targets = targets_of("shop-1", "shop-2")
+    assert set(kept_check(pool, targets)) == {"shop-1"}  # shop-2 was never connected
+    assert set(kept_check(pool, targets_of("shop-1", pod_deleting=True))) == set()  # checked afresh, as before
+    assert len(server.made) == 1
+
+
+@pytest.mark.parametrize("failure, reported", [
+    (connections.Unreachable("not acknowledged"), "Unreachable"),
+    (errors.ConnectionTimeout("no answer within 2 s"), "ConnectionTimeout"),
+    (psycopg.OperationalError("server closed the connection unexpectedly"), None),  # failed at once
+])
+def test_on_the_event_loop_a_failing_kept_connection_is_closed_and_reported_as_in_a_thread(server, failure, reported):
+    pool = InstanceConnections()
+    targets = targets_of("shop-1")
+    monitor.observe_all(targets, "secret", pool)
+    server.fail_with = failure
+    observed = kept_check(pool, targets)
+    assert server.made[0].closed and len(pool) == 0
+    if reported is None:
+        assert observed == {}  # a fresh check tells why
+    else:
+        assert observed["shop-1"].error == reported and not observed["shop-1"].reachable
+    # the full check that follows takes what the light one found, and checks the rest afresh
+    server.fail_with, server.tcp = None, CONNECTION_REFUSED
+    full = monitor.observe_all(targets, "secret", pool, observed)
+    assert full["shop-1"].error == (reported or CONNECTION_REFUSED)
 
 
 def test_closing_the_cache_closes_everything_and_later_returns(server):
@@ -360,42 +415,50 @@ class Holder:
         self.pgconn = pgconn
 
 
-def test_bounded_row_reads_one_row_as_text():
+@pytest.fixture(params=["in a thread", "on the event loop"])
+def bounded_row(request):
+    """bounded_row() and bounded_row_async() answer the same, under the same bounds."""
+    if request.param == "in a thread":
+        return connections.bounded_row
+    return lambda *args, **kwargs: asyncio.run(connections.bounded_row_async(*args, **kwargs))
+
+
+def test_bounded_row_reads_one_row_as_text(bounded_row):
     pgconn = SilentPgConn([Result(pq.ExecStatus.TUPLES_OK, (b"t", None, b"0/5000000", b"0/4000000", b"streaming"))])
     pgconn.answer()
-    row = connections.bounded_row(Holder(pgconn), "SELECT 1", answer_within=1, ack_within=0.5)
+    row = bounded_row(Holder(pgconn), "SELECT 1", answer_within=1, ack_within=0.5)
     assert row == ("t", None, "0/5000000", "0/4000000", "streaming")
     assert pgconn.sent == [b"SELECT 1"] and pgconn.nonblocking == 1
 
 
-def test_bounded_row_raises_the_servers_error_class():
+def test_bounded_row_raises_the_servers_error_class(bounded_row):
     pgconn = SilentPgConn([Result(pq.ExecStatus.FATAL_ERROR, sqlstate=b"57014")])
     pgconn.answer()
     with pytest.raises(errors.QueryCanceled):
-        connections.bounded_row(Holder(pgconn), "SELECT 1", answer_within=1, ack_within=0.5)
+        bounded_row(Holder(pgconn), "SELECT 1", answer_within=1, ack_within=0.5)
 
 
-def test_bounded_row_unacknowledged_query_is_unreachable_after_the_ack_bound(monkeypatch):
+def test_bounded_row_unacknowledged_query_is_unreachable_after_the_ack_bound(monkeypatch, bounded_row):
     monkeypatch.setattr(connections, "unacknowledged_bytes", lambda fd: 120)
     started = time.monotonic()
     with pytest.raises(connections.Unreachable):
-        connections.bounded_row(Holder(SilentPgConn()), "SELECT 1", answer_within=1.0, ack_within=0.1)
+        bounded_row(Holder(SilentPgConn()), "SELECT 1", answer_within=1.0, ack_within=0.1)
     assert 0.1 <= time.monotonic() - started < 0.5
 
 
-def test_bounded_row_acknowledged_but_unanswered_query_times_out_at_the_answer_bound(monkeypatch):
+def test_bounded_row_acknowledged_but_unanswered_query_times_out_at_the_answer_bound(monkeypatch, bounded_row):
     monkeypatch.setattr(connections, "unacknowledged_bytes", lambda fd: 0)  # a stopped server's kernel acks
     started = time.monotonic()
     with pytest.raises(errors.ConnectionTimeout):
-        connections.bounded_row(Holder(SilentPgConn()), "SELECT 1", answer_within=0.3, ack_within=0.1)
+        bounded_row(Holder(SilentPgConn()), "SELECT 1", answer_within=0.3, ack_within=0.1)
     assert 0.3 <= time.monotonic() - started < 0.8
 
 
-def test_bounded_row_refuses_a_connection_that_is_not_idle():
+def test_bounded_row_refuses_a_connection_that_is_not_idle(bounded_row):
     pgconn = SilentPgConn()
     pgconn.transaction_status = pq.TransactionStatus.INTRANS
     with pytest.raises(psycopg.OperationalError):
-        connections.bounded_row(Holder(pgconn), "SELECT 1", answer_within=1, ack_within=0.5)
+        bounded_row(Holder(pgconn), "SELECT 1", answer_within=1, ack_within=0.5)
     assert pgconn.sent == []
 
 
@@ -419,7 +482,6 @@ def test_unacknowledged_bytes_is_none_where_the_kernel_cannot_say():
 
 def test_the_failover_daemon_closes_its_connections_when_it_ends(monkeypatch):
     """The cluster deleted or the operator stopping: the daemon's kept sessions end with it."""
-    import asyncio
     import logging
 
     from shopdb_operator.handlers import failover as handler
@@ -441,7 +503,7 @@ def test_the_failover_daemon_closes_its_connections_when_it_ends(monkeypatch):
 
     seen = []
 
-    def locked_check(memory, name, namespace, post_event, logger):
+    def locked_check(memory, name, namespace, post_event, logger, observed=None):
         seen.append(kopf_context.get(None))  # kopf.event() reads its settings from the context
         stopped.checks += 1
         memory.connections.keep("shop-1", Target.of("10.0.0.5", 5432, "uid-1", "secret"), conn)

@@ -27,6 +27,7 @@ out of the cache for a check and put back after it, so no two threads ever share
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 from concurrent.futures import ThreadPoolExecutor
 import hashlib
@@ -36,7 +37,7 @@ import termios
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable, Generator, NamedTuple
 
 import psycopg
 from psycopg import errors, pq
@@ -197,6 +198,56 @@ def bounded_row(conn: psycopg.Connection, sql: str, answer_within: float, ack_wi
     - the server's own error (e.g. QueryCanceled by statement_timeout) as psycopg's class.
 
     After any exception the connection is in an unknown state: close it."""
+    exchange = _exchange(conn, sql, answer_within, ack_within, clock)
+    poller = select.poll()
+    try:
+        fd, writing, left = next(exchange)
+        while True:
+            poller.register(fd, select.POLLIN | (select.POLLOUT if writing else 0))
+            fd, writing, left = exchange.send(bool(poller.poll(max(1, int(left * 1000 + 0.999)))))
+    except StopIteration as done:
+        return done.value
+
+
+async def bounded_row_async(conn: psycopg.Connection, sql: str, answer_within: float, ack_within: float,
+                            clock: Callable[[], float] = time.monotonic) -> tuple[str | None, ...]:
+    """bounded_row() on the running event loop: no thread, the socket waited on by the loop."""
+    loop = asyncio.get_running_loop()
+    exchange = _exchange(conn, sql, answer_within, ack_within, clock)
+    try:
+        fd, writing, left = next(exchange)
+        while True:
+            fd, writing, left = exchange.send(await _ready(loop, fd, writing, left))
+    except StopIteration as done:
+        return done.value
+
+
+async def _ready(loop: asyncio.AbstractEventLoop, fd: int, writing: bool, seconds: float) -> bool:
+    """Whether `fd` became readable (or writable, while `writing`) within `seconds`."""
+    ready = loop.create_future()
+
+    def wake(value: bool) -> None:
+        if not ready.done():
+            ready.set_result(value)
+
+    loop.add_reader(fd, wake, True)
+    if writing:
+        loop.add_writer(fd, wake, True)
+    timer = loop.call_later(seconds, wake, False)
+    try:
+        return await ready
+    finally:
+        timer.cancel()
+        loop.remove_reader(fd)
+        if writing:
+            loop.remove_writer(fd)
+
+
+def _exchange(conn: psycopg.Connection, sql: str, answer_within: float, ack_within: float,
+              clock: Callable[[], float]) -> Generator[tuple[int, bool, float], bool, tuple[str | None, ...]]:
+    """bounded_row's protocol, for a driver that does the waiting: yields (socket, whether it
+    waits to write too, seconds at most), is sent whether the socket became ready, and
+    returns the row."""
     pgconn = conn.pgconn
     if pgconn.status != pq.ConnStatus.OK or pgconn.transaction_status != pq.TransactionStatus.IDLE:
         raise psycopg.OperationalError("the connection is not idle")
@@ -204,7 +255,6 @@ def bounded_row(conn: psycopg.Connection, sql: str, answer_within: float, ack_wi
     pgconn.nonblocking = 1
     pgconn.send_query(sql.encode())
     fd = pgconn.socket
-    poller = select.poll()
     ack_checked = ack_within >= answer_within
     results: list[pq.PGresult] = []
     while True:
@@ -218,8 +268,7 @@ def bounded_row(conn: psycopg.Connection, sql: str, answer_within: float, ack_wi
                     raise Unreachable(f"the query was not acknowledged within {ack_within:g} s")
                 continue
             raise errors.ConnectionTimeout(f"no answer within {answer_within:g} s")
-        poller.register(fd, select.POLLIN | (select.POLLOUT if sending else 0))
-        if not poller.poll(max(1, int(left * 1000 + 0.999))):
+        if not (yield fd, sending, left):
             continue
         pgconn.consume_input()  # raises OperationalError when the connection failed
         while not pgconn.is_busy():

@@ -13,6 +13,7 @@ reports what a fresh connection would have.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,8 @@ from typing import Iterable
 
 from .. import postgres
 from ..builders.agent import AGENT
-from .connections import HEALTH_SQL, InstanceConnections, Target, Unreachable, bounded_row, close_quietly
+from .connections import (HEALTH_SQL, InstanceConnections, Target, Unreachable, bounded_row, bounded_row_async,
+                          close_quietly)
 from .decide import CONNECTION_REFUSED, SHUTTING_DOWN, Observation
 
 CONNECT_TIMEOUT_SECONDS = 2  # libpq's minimum
@@ -87,23 +89,17 @@ def observe_sql(name: str, host: str | None, port: int, password: str,
     target = Target.of(host, port, str(pod_fields.get("pod_uid") or ""), password)
     kept = connections.take(name, target) if connections is not None else None
     if kept is not None:
-        conn, started = kept.conn, time.monotonic()
+        started = time.monotonic()
         try:
-            health = _health(conn, ANSWER_SECONDS)
-        except Unreachable:
-            close_quietly(conn)
-            return Observation(name, error="Unreachable", **pod_fields)  # what tcp_check says of it
-        except postgres.Error as err:
-            close_quietly(conn)
-            if isinstance(err, TIMEOUT) or time.monotonic() - started >= PORT_CHECK_SECONDS:
-                return Observation(name, error=type(err).__name__, **pod_fields)
+            health = _health(kept.conn, ANSWER_SECONDS)
+        except BaseException as err:
+            observation = _kept_failed(name, kept.conn, err, started, pod_fields)
+            if observation is not None:
+                return observation
             # Failed at once: the server restarted or stopped since. Check afresh, as without a
             # kept connection (a refused handshake then says that nothing listens).
-        except BaseException:
-            close_quietly(conn)
-            raise
         else:
-            return _healthy(name, health, pod_fields, connections, target, conn, kept.born)
+            return _healthy(name, health, pod_fields, connections, target, kept.conn, kept.born)
     problem = tcp_check(host, port)
     if problem:
         return Observation(name, error=problem, **pod_fields)
@@ -123,6 +119,43 @@ def observe_sql(name: str, host: str | None, port: int, password: str,
     return _healthy(name, health, pod_fields, connections, target, conn)
 
 
+def _kept_failed(name: str, conn, err: BaseException, started: float, pod_fields: dict) -> Observation | None:
+    """What a kept connection's failed query reports (the connection is closed): None when
+    it failed at once, for a fresh check to tell why; anything but a query's failure is raised."""
+    close_quietly(conn)
+    if isinstance(err, Unreachable):
+        return Observation(name, error="Unreachable", **pod_fields)  # what tcp_check says of it
+    if not isinstance(err, postgres.Error):
+        raise err
+    if isinstance(err, TIMEOUT) or time.monotonic() - started >= PORT_CHECK_SECONDS:
+        return Observation(name, error=type(err).__name__, **pod_fields)
+    return None
+
+
+async def observe_kept(targets: Iterable[tuple[str, str | None, int, dict]], password: str,
+                       connections: InstanceConnections) -> dict[str, Observation]:
+    """observe_sql() of the `targets` that have a kept connection, on the running event loop
+    (no thread), under the same bounds; a target without one, or whose connection failed at
+    once, is left out: observe_all() checks it afresh, given these as `observed`."""
+    async def one(name: str, host: str | None, port: int, pod_fields: dict) -> Observation | None:
+        if not host or pod_fields.get("pod_deleting"):
+            return None
+        target = Target.of(host, port, str(pod_fields.get("pod_uid") or ""), password)
+        kept = connections.take(name, target)
+        if kept is None:
+            return None
+        started = time.monotonic()
+        try:
+            row = await bounded_row_async(kept.conn, HEALTH_SQL, answer_within=ANSWER_SECONDS,
+                                          ack_within=PORT_CHECK_SECONDS)
+        except BaseException as err:
+            return _kept_failed(name, kept.conn, err, started, pod_fields)
+        return _healthy(name, _health_of(row), pod_fields, connections, target, kept.conn, kept.born)
+
+    results = await asyncio.gather(*(one(*t) for t in targets))
+    return {o.name: o for o in results if o is not None}
+
+
 def _error_name(err: Exception) -> str:
     """What Observation.error records of a failed fresh check: a class name, never the text
     (it may quote a DSN), but a login the server refused because it is shutting down (SQLSTATE
@@ -137,7 +170,10 @@ def _error_name(err: Exception) -> str:
 
 def _health(conn, answer_within: float) -> postgres.Health:
     """postgres.health(), with the wait for the answer bounded on this side too."""
-    row = bounded_row(conn, HEALTH_SQL, answer_within=answer_within, ack_within=PORT_CHECK_SECONDS)
+    return _health_of(bounded_row(conn, HEALTH_SQL, answer_within=answer_within, ack_within=PORT_CHECK_SECONDS))
+
+
+def _health_of(row: tuple[str | None, ...]) -> postgres.Health:
     return postgres.Health(row[0] == "t", *row[1:])
 
 
@@ -158,15 +194,19 @@ def _healthy(name: str, health: postgres.Health, pod_fields: dict, connections: 
 
 
 def observe_all(targets: Iterable[tuple[str, str | None, int, dict]], password: str,
-                connections: InstanceConnections | None = None) -> dict[str, Observation]:
+                connections: InstanceConnections | None = None,
+                observed: dict[str, Observation] | None = None) -> dict[str, Observation]:
     """Observe (name, host, port, pod fields) in parallel: one slow instance must not delay
     the primary's check. With `connections` (the cluster's), connections are reused, and
-    those of instances not among `targets` closed."""
+    those of instances not among `targets` closed. Targets in `observed` (observe_kept's,
+    just now) are taken from it."""
     targets = list(targets)
     if connections is not None:
         connections.retain(t[0] for t in targets)
+    found = {t[0]: observed[t[0]] for t in targets if observed and t[0] in observed}
+    targets = [t for t in targets if t[0] not in found]
     if not targets:
-        return {}
+        return found
     def one(t):
         return observe_sql(t[0], t[1], t[2], password, connections, **t[3])
     kept = connections.executor(len(targets)) if connections is not None else None
@@ -176,9 +216,9 @@ def observe_all(targets: Iterable[tuple[str, str | None, int, dict]], password: 
         except RuntimeError:  # the cluster's daemon ended and closed it meanwhile
             pass
         else:
-            return {o.name: o for o in results}
+            return found | {o.name: o for o in results}
     with ThreadPoolExecutor(max_workers=len(targets)) as pool:
-        return {o.name: o for o in pool.map(one, targets)}
+        return found | {o.name: o for o in pool.map(one, targets)}
 
 
 def observation_status(observation: Observation, primary: str) -> dict:

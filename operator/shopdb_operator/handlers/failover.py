@@ -26,9 +26,10 @@ from .. import GROUP, KIND, PLURAL, VERSION, metrics, postgres
 from ..status import PRIMARY_FENCED, set_condition
 from ..api.spec import ClusterSpec
 from ..api.validate import InvalidSpec, parse_cluster_spec
-from ..builders.common import POSTGRES_PORT
+from ..builders.common import LABEL_CLUSTER, POSTGRES_PORT
 from ..builders.agent import lease_timing, primary_lease
 from ..builders.secrets import PGBOUNCER_CREDENTIAL, SUPERUSER_CREDENTIAL
+from ..fencing import lease as primary_lease_api
 from ..failover import decide, execute, monitor
 from ..failover.connections import InstanceConnections
 from ..failover.adapters import (SWITCHOVER_ANNOTATION, KubeCluster, PgBouncerPoolers, SqlDatabases, database_pods,
@@ -54,6 +55,9 @@ WAIT_POLL_SECONDS = 0.25
 OBSERVED_ENOUGH_AFTER = (decide.RELABEL, decide.REPOINT)
 STOP_SLICE_SECONDS = 5  # a longer wait between checks looks this often whether the daemon is to stop
 HEALTH_REFRESH_SECONDS = 30  # status.health is rewritten at least this often (the lags), or on a change
+# A check does all its work at least this often; the checks between are light (see Settled)
+# while nothing moved. Not a bound on noticing a failure: any check that finds one is full.
+FULL_CHECK_SECONDS = 10
 PASSWORD_KEPT_SECONDS = 300  # the superuser password is read again after this, or after a failed check
 
 log = logging.getLogger(__name__)
@@ -88,6 +92,26 @@ class Memory:
     connections: InstanceConnections = field(default_factory=InstanceConnections)
     # The resourceVersion whose status the metrics were last fed (report_status).
     reported_version: str | None = None
+    # What the last full check left behind with nothing to do (None: the next check is full).
+    settled: "Settled | None" = None
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A full check that found every instance answering, the primary healthy, no failover,
+    rolling restart or due chore, and acted on nothing it saw. Until the cluster or one of
+    its pods changes (`fingerprint`, read before that check wrote anything), the next checks
+    only need to find each instance as it did: a light check, on the event loop, no thread,
+    through the kept connections (the same bounds), reading nothing from the API server.
+    Whatever differs makes the check full, given what the light one observed."""
+
+    fingerprint: tuple
+    targets: tuple  # monitor.observe_all's: (instance, address, port, pod fields)
+    observed: tuple  # _observed() of that check
+    primary: str
+    lease_name: str
+    clock_skew: int
+    at: float  # time.monotonic() of that check
 
 
 @dataclass
@@ -102,10 +126,12 @@ class Check:
     topology: Topology
     observations: dict[str, decide.Observation]
     pods: dict[str, dict]
+    targets: tuple = ()
 
 
 def observe(kube: Kube, name: str, namespace: str, spec: ClusterSpec, status: dict, annotations: dict,
-            password: str, connections: InstanceConnections | None = None) -> Check:
+            password: str, connections: InstanceConnections | None = None,
+            observed: dict[str, decide.Observation] | None = None) -> Check:
     topology = plan_topology(name, spec, status.get("topology"))
     pods = database_pods(kube, namespace, name)
     targets = []
@@ -114,7 +140,23 @@ def observe(kube: Kube, name: str, namespace: str, spec: ClusterSpec, status: di
         address = pod_address(pod)
         targets.append((instance.name, address[0] if address else None, POSTGRES_PORT, monitor.pod_state(pod)))
     return Check(name, namespace, spec, status, annotations, topology,
-                 monitor.observe_all(targets, password, connections), pods)
+                 monitor.observe_all(targets, password, connections, observed), pods, tuple(targets))
+
+
+def fingerprint(kube: Kube, name: str, namespace: str, current: dict) -> tuple | None:
+    """The cluster's and its pods' resourceVersions, from the operator's watches only (None
+    when they are not synced): whatever a check reads from the API server moves one of them."""
+    cache = kube.cache
+    pods = cache.list("v1", "Pod", namespace, {LABEL_CLUSTER: name}) if cache is not None else None
+    if pods is None:
+        return None
+    return (current["metadata"].get("resourceVersion"),
+            tuple(sorted((p["metadata"]["name"], p["metadata"].get("resourceVersion")) for p in pods)))
+
+
+def _observed(observations: dict[str, decide.Observation]) -> tuple:
+    """What a light check must find as the full check did (the LSNs move all the time)."""
+    return tuple((n, o.reachable, o.error, o.in_recovery, o.streaming) for n, o in sorted(observations.items()))
 
 
 def health_status(check: Check, tracker: decide.HealthTracker) -> dict:
@@ -222,9 +264,13 @@ def _hold_for_a_test(step: str, logger) -> None:
         time.sleep(3600)
 
 
-def check_cluster(kube: Kube, memory: Memory, name: str, namespace: str, body: dict, post_event, logger) -> None:
+def check_cluster(kube: Kube, memory: Memory, name: str, namespace: str, body: dict, post_event, logger,
+                  observed: dict[str, decide.Observation] | None = None) -> None:
     """One check: observe, record health, and (holding the Lease) start or resume a failover.
-    `body` is the cluster as the API server has it now."""
+    `body` is the cluster as the API server has it now; `observed`: a light check's findings
+    of a moment ago, taken as they are."""
+    memory.settled = None
+    mark = fingerprint(kube, name, namespace, body)  # before this check writes anything
     status = dict(body.get("status") or {})
     if "applied" not in status:
         return  # not created yet
@@ -240,7 +286,7 @@ def check_cluster(kube: Kube, memory: Memory, name: str, namespace: str, body: d
             raise kopf.TemporaryError("the superuser Secret is not there yet", delay=5)
         memory.password = (password, time.monotonic())
     annotations = dict((body.get("metadata") or {}).get("annotations") or {})
-    check = observe(kube, name, namespace, spec, status, annotations, password, memory.connections)
+    check = observe(kube, name, namespace, spec, status, annotations, password, memory.connections, observed)
     if any(o.error for o in check.observations.values()):
         memory.password = None  # read again at the next check (it may have changed)
     primary = check.topology.primary
@@ -323,6 +369,8 @@ def check_cluster(kube: Kube, memory: Memory, name: str, namespace: str, body: d
         state = decide.start(decide.SWITCHOVER, primary, f"rolling update: {decision.reason}", now, decision.instance)
         begin(actor)
         run_failover(kube, actor, state, name, namespace, password, logger)
+    else:
+        settle(memory, check, actor, mark)
 
 
 def report_fence(kube: Kube, memory: Memory, name: str, namespace: str, lease: dict, post_event,
@@ -349,7 +397,8 @@ def report_fence(kube: Kube, memory: Memory, name: str, namespace: str, lease: d
     memory.fenced = state
 
 
-def locked_check(memory: Memory, name: str, namespace: str, post_event, logger) -> None:
+def locked_check(memory: Memory, name: str, namespace: str, post_event, logger,
+                 observed: dict[str, decide.Observation] | None = None) -> None:
     client = kube()
     with cluster_lock(namespace, name):
         # From the operator's watch: this replica's own writes are in it as soon as they are
@@ -357,7 +406,7 @@ def locked_check(memory: Memory, name: str, namespace: str, post_event, logger) 
         current = client.cached_get(f"{GROUP}/{VERSION}", KIND, namespace, name)
         if current is not None and not current["metadata"].get("deletionTimestamp"):
             try:
-                check_cluster(client, memory, name, namespace, current, post_event, logger)
+                check_cluster(client, memory, name, namespace, current, post_event, logger, observed)
             finally:  # the gauges follow what this check recorded (failover, rollout, phase)
                 report_status(client, name, namespace, memory)
 
@@ -378,6 +427,50 @@ def report_status(client: Kube, name: str, namespace: str, memory: Memory | None
     metrics.set_cluster_status(namespace, name, after.get("status"), after.get("spec"))
     if memory is not None:
         memory.reported_version = version
+
+
+async def light_check(memory: Memory, name: str, namespace: str) -> tuple[bool, dict[str, decide.Observation] | None]:
+    """(True, None) when this check found everything as the settled full check did (its
+    failure count stays 0); else (False, what it observed, for the full check to use)."""
+    settled = memory.settled
+    if settled is None or memory.tracker.failures or memory.password is None:
+        return False, None
+    client = kube()
+    cache = client.cache
+    if cache is None:
+        return False, None
+    clock, now = time.monotonic(), _now()
+    if (clock - settled.at >= FULL_CHECK_SECONDS or clock - memory.password[1] >= PASSWORD_KEPT_SECONDS
+            or not lease(client).fresh(now) or partitions.due(memory.partitions_checked, now)
+            or memory.health_written is None
+            or (now - memory.health_written).total_seconds() >= HEALTH_REFRESH_SECONDS):
+        return False, None
+    known, current = cache.get(f"{GROUP}/{VERSION}", KIND, namespace, name)
+    if not known or current is None or current["metadata"].get("deletionTimestamp") \
+            or fingerprint(client, name, namespace, current) != settled.fingerprint:
+        return False, None
+    known, primary_lease_now = cache.get(primary_lease_api.API_VERSION, "Lease", namespace, settled.lease_name)
+    fence = decide.lease_status(primary_lease_now, settled.clock_skew, now)
+    if not known or (bool(fence["fenced"]), fence["holder"] or "nobody") != memory.fenced:
+        return False, None
+    observed = await monitor.observe_kept(settled.targets, memory.password[0], memory.connections)
+    if _observed(observed) != settled.observed:
+        return False, observed
+    memory.tracker = memory.tracker.record(settled.primary, observed[settled.primary])
+    return True, None
+
+
+def settle(memory: Memory, check: "Check", actor: "Actor", mark: tuple | None) -> None:
+    """After a full check that ran to its end without a failover or switchover: light checks
+    may follow while nothing moves (see Settled)."""
+    status = check.status
+    quiet = (mark is not None and memory.tracker.failures == 0 and not memory.tracker.down
+             and check.observations and all(o.reachable and not o.error for o in check.observations.values())
+             and not ((status.get("rollout") or {}).get("current")) and memory.fenced is not None)
+    if quiet:
+        memory.settled = Settled(mark, check.targets, _observed(check.observations), check.topology.primary,
+                                 actor.cluster.lease_name, check.spec.failover.lease.clock_skew_seconds,
+                                 time.monotonic())
 
 
 def suspect_interval(interval: float) -> float:
@@ -452,8 +545,10 @@ async def failover_daemon(name, namespace, body, stopped, logger, **_) -> None:
             except InvalidSpec:
                 pass
             try:
-                # to_thread: the check runs in kopf's context (kopf.event reads its settings there)
-                await asyncio.to_thread(locked_check, memory, name, namespace, post_event, logger)
+                light, observed = await light_check(memory, name, namespace)
+                if not light:
+                    # to_thread: the check runs in kopf's context (kopf.event reads its settings there)
+                    await asyncio.to_thread(locked_check, memory, name, namespace, post_event, logger, observed)
             except kopf.TemporaryError as err:
                 logger.info("failover check of %s/%s: %s", namespace, name, err)
             except KubeError as err:

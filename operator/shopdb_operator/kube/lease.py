@@ -53,11 +53,16 @@ class Lease:
 
     def held(self, now: datetime.datetime | None = None) -> bool:
         now = now or datetime.datetime.now(datetime.timezone.utc)
-        if self._renewed is not None and (now - self._renewed).total_seconds() < self.duration / 3:
+        if self.fresh(now):
             return True  # renewed moments ago: nobody can take it before it expires
         held = self._acquire_or_renew(now)
         self._renewed = now if held else None
         return held
+
+    def fresh(self, now: datetime.datetime) -> bool:
+        """Held and renewed less than a third of the duration ago: what held() answers
+        without asking the API server."""
+        return self._renewed is not None and (now - self._renewed).total_seconds() < self.duration / 3
 
     def _acquire_or_renew(self, now: datetime.datetime) -> bool:
         lease = self.kube.get(API_VERSION, "Lease", self.namespace, self.name)
