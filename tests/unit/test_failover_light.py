@@ -147,3 +147,12 @@ def test_a_full_check_with_anything_in_flight_does_not_settle(observations, stat
     memory = handler.Memory(tracker=tracker or HealthTracker().record("shop-1", PRIMARY), fenced=(False, "shop-1"))
     handler.settle(memory, check_of(observations, status), ACTOR, ("100", ()))
     assert memory.settled is None
+
+
+def test_a_full_check_that_left_a_configuration_change_under_way_does_not_settle():
+    """A reload waiting for the kubelet to swap the file writes nothing: without this, light
+    checks would hold it back until the next full check."""
+    memory = handler.Memory(tracker=HealthTracker().record("shop-1", PRIMARY), fenced=(False, "shop-1"))
+    busy = SimpleNamespace(cluster=ACTOR.cluster, in_flight=True)
+    handler.settle(memory, check_of({"shop-1": PRIMARY, "shop-2": REPLICA}), busy, ("100", ()))
+    assert memory.settled is None

@@ -198,6 +198,9 @@ class Actor:
         self.cluster = KubeCluster(kube, check.namespace, check.name, post_event, templates, new_lease,
                                    lease_timing(check.spec))
         self.databases = SqlDatabases(lambda inst: self._address(kube, inst), password)
+        # Set by the rollout when a change is under way that the next check carries on with
+        # (a file the kubelet has not swapped yet, a reload to confirm): no light checks then.
+        self.in_flight = False
 
     @functools.cached_property
     def poolers(self) -> PgBouncerPoolers:
@@ -466,7 +469,8 @@ def settle(memory: Memory, check: "Check", actor: "Actor", mark: tuple | None) -
     status = check.status
     quiet = (mark is not None and memory.tracker.failures == 0 and not memory.tracker.down
              and check.observations and all(o.reachable and not o.error for o in check.observations.values())
-             and not ((status.get("rollout") or {}).get("current")) and memory.fenced is not None)
+             and not ((status.get("rollout") or {}).get("current")) and memory.fenced is not None
+             and not getattr(actor, "in_flight", False))
     if quiet:
         memory.settled = Settled(mark, check.targets, _observed(check.observations), check.topology.primary,
                                  actor.cluster.lease_name, check.spec.failover.lease.clock_skew_seconds,

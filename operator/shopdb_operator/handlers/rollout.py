@@ -91,10 +91,11 @@ def apply_configuration(actor, body: dict, ctx, post_event, now: datetime.dateti
         incarnation = observation.incarnation if observation else ""
         loaded_hash = config.loaded_hash(loaded.get(name), incarnation)
         step = config.next_step(want, loaded_hash, pod_hash, bool(pod), reachable)
+        if step is config.Step.NOTHING:
+            continue
+        actor.in_flight = True  # the next check goes on with it (see failover.Settled)
         if step is config.Step.POKE:
             _poke(actor, name, want)
-            continue
-        if step is config.Step.NOTHING:
             continue
         with actor.databases.connect(name) as conn:
             files_match = postgres.file_digests(conn, digests) == digests
@@ -138,10 +139,12 @@ def apply_pgbouncer(actor, ctx, post_event, now: datetime.datetime) -> None:
                if (p.get("status") or {}).get("podIP") and not p["metadata"].get("deletionTimestamp")}
     changed = {}
     for name, pod in sorted(running.items()):
+        if recorded.get(name) == want and \
+                (pod["metadata"].get("annotations") or {}).get(config.ANNOTATION_CONFIG_HASH) == want:
+            continue
+        actor.in_flight = True  # the next check goes on with it (see failover.Settled)
         if (pod["metadata"].get("annotations") or {}).get(config.ANNOTATION_CONFIG_HASH) != want:
             _poke(actor, name, want, pod=True)
-            continue
-        if recorded.get(name) == want:
             continue
         try:
             with postgres.pgbouncer_admin(pod["status"]["podIP"], POSTGRES_PORT, actor.poolers.user,
