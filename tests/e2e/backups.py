@@ -142,9 +142,23 @@ def create_cluster(kubectl, images, s3: S3Servers, namespace: str, spec_extra: d
     cluster = small(example_cluster(images, namespace), replicas)
     cluster["spec"].update(spec_extra)
     kubectl.apply(yaml.safe_dump(cluster))
-    wait_for(lambda: (kubectl.json("-n", namespace, "get", "sdc", "shop").get("status") or {}).get("phase") == "Ready",
-             READY_TIMEOUT, f"cluster {namespace}/shop to become Ready", interval=3)
+    try:
+        wait_for(lambda: (kubectl.json("-n", namespace, "get", "sdc", "shop").get("status") or {}).get("phase")
+                 == "Ready", READY_TIMEOUT, f"cluster {namespace}/shop to become Ready", interval=3)
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n{not_ready_report(kubectl, namespace)}") from None
     return ClusterView(kubectl.kubeconfig, namespace)
+
+
+def not_ready_report(kubectl, namespace: str) -> str:
+    """The cluster's phase and conditions, its pods and the namespace's latest Events."""
+    status = kubectl.json("-n", namespace, "get", "sdc", "shop").get("status") or {}
+    conditions = [f"{c.get('type')}={c.get('status')} {c.get('reason')}: {c.get('message')}"
+                  for c in status.get("conditions") or []]
+    pods = kubectl("-n", namespace, "get", "pods", "-o", "wide", check=False).stdout
+    events = kubectl("-n", namespace, "get", "events", "--sort-by=.lastTimestamp", check=False).stdout
+    return (f"phase {status.get('phase')}; conditions:\n  " + "\n  ".join(conditions)
+            + f"\npods:\n{pods}\nlatest events:\n" + "\n".join(events.splitlines()[-25:]))
 
 
 def execute(view: ClusterView, instance: str, statement: str, params=()) -> None:

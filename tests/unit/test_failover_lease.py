@@ -21,3 +21,15 @@ def test_lease_action():
     assert lease_action(spec, "op-b", at(15)) == "acquire"
     assert lease_action({}, "op-b", at(0)) == "acquire"
     assert lease_action({**spec, "renewTime": "2026-11-24T22:00:00Z"}, "op-b", at(1)) == "wait"
+
+
+def test_a_lease_is_fresh_for_a_third_of_its_duration_after_its_renewal():
+    """What light checks ask (kube.lease.Lease.fresh): held() would answer without the API
+    server; past a third of the duration, a full check renews it."""
+    from shopdb_operator.kube.lease import Lease
+
+    lease = Lease(kube=None, namespace="shopdb-system", me="op-a", duration=15)
+    assert not lease.fresh(at(0))  # never held
+    lease._renewed = at(0)
+    assert lease.fresh(at(4.9)) and lease.held(at(4.9))  # no API call: kube is None
+    assert not lease.fresh(at(5))
