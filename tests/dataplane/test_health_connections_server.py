@@ -229,3 +229,50 @@ def test_a_server_shutting_down_is_named_so_and_is_certainly_down(primary):
     finally:
         session.close()
     assert primary.wait_exit(30) is not None
+
+
+# --- the light checks' path: the kept sessions queried on the event loop (monitor.observe_kept)
+
+def light_check(instance: Instance, pool: InstanceConnections):
+    import asyncio
+
+    started = time.monotonic()
+    found = asyncio.run(monitor.observe_kept([(instance.name, "127.0.0.1", instance.port, POD)],
+                                             instance.credentials.superuser, pool))
+    return found.get(instance.name), time.monotonic() - started
+
+
+def test_on_the_event_loop_the_kept_session_answers_as_in_a_thread(primary):
+    pool = InstanceConnections()
+    threaded, _ = check(primary, pool)
+    backend = kept_backend(primary, pool)
+    observation, _ = light_check(primary, pool)
+    assert observation is not None and observation.reachable and observation.is_writable_primary
+    assert observation.current_lsn >= threaded.current_lsn
+    assert kept_backend(primary, pool) == backend  # the same server session, kept again
+
+
+def test_on_the_event_loop_a_server_that_stops_answering_times_out_within_the_bound(primary):
+    pool = InstanceConnections()
+    assert check(primary, pool)[0].reachable
+    freeze(primary)
+    try:
+        observation, took = light_check(primary, pool)
+    finally:
+        resume(primary)
+    assert observation is not None and observation.error == "ConnectionTimeout" and not observation.reachable
+    assert took < HUNG_WITHIN, took
+    assert kept_backend(primary, pool) is None  # closed, not kept
+
+
+def test_on_the_event_loop_a_stopped_server_is_left_to_a_fresh_check_which_finds_it_refused(primary):
+    pool = InstanceConnections()
+    assert check(primary, pool)[0].reachable
+    stop_immediately(primary)
+    observation, took = light_check(primary, pool)
+    assert observation is None and took < REFUSED_WITHIN  # the session failed at once
+    full = monitor.observe_all([(primary.name, "127.0.0.1", primary.port, POD)], primary.credentials.superuser,
+                               pool, {})
+    assert full[primary.name].error == CONNECTION_REFUSED
+    primary.start()
+    primary.wait_ready()

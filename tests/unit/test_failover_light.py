@@ -129,7 +129,7 @@ def check_of(observations, status=None) -> handler.Check:
     return handler.Check("shop", "shop", spec, status or {}, {}, topology, observations, {}, TARGETS)
 
 
-ACTOR = SimpleNamespace(cluster=SimpleNamespace(lease_name="shop-primary"))
+ACTOR = SimpleNamespace(cluster=SimpleNamespace(lease_name="shop-primary"), in_flight=False)
 
 
 def test_a_full_check_that_found_everything_well_settles():

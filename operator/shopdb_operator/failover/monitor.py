@@ -86,8 +86,7 @@ def observe_sql(name: str, host: str | None, port: int, password: str,
         # Checked as before, afresh: a smart shutdown ends no session but refuses new ones.
         connections.drop(name)
         connections = None
-    target = Target.of(host, port, str(pod_fields.get("pod_uid") or ""), password)
-    kept = connections.take(name, target) if connections is not None else None
+    target, kept = _take(name, host, port, password, connections, pod_fields)
     if kept is not None:
         started = time.monotonic()
         try:
@@ -119,6 +118,13 @@ def observe_sql(name: str, host: str | None, port: int, password: str,
     return _healthy(name, health, pod_fields, connections, target, conn)
 
 
+def _take(name: str, host: str, port: int, password: str, connections: InstanceConnections | None,
+          pod_fields: dict):
+    """The connection target of this check, and the connection kept for it (None: none)."""
+    target = Target.of(host, port, str(pod_fields.get("pod_uid") or ""), password)
+    return target, (connections.take(name, target) if connections is not None else None)
+
+
 def _kept_failed(name: str, conn, err: BaseException, started: float, pod_fields: dict) -> Observation | None:
     """What a kept connection's failed query reports (the connection is closed): None when
     it failed at once, for a fresh check to tell why; anything but a query's failure is raised."""
@@ -140,8 +146,7 @@ async def observe_kept(targets: Iterable[tuple[str, str | None, int, dict]], pas
     async def one(name: str, host: str | None, port: int, pod_fields: dict) -> Observation | None:
         if not host or pod_fields.get("pod_deleting"):
             return None
-        target = Target.of(host, port, str(pod_fields.get("pod_uid") or ""), password)
-        kept = connections.take(name, target)
+        target, kept = _take(name, host, port, password, connections, pod_fields)
         if kept is None:
             return None
         started = time.monotonic()

@@ -470,7 +470,7 @@ def settle(memory: Memory, check: "Check", actor: "Actor", mark: tuple | None) -
     quiet = (mark is not None and memory.tracker.failures == 0 and not memory.tracker.down
              and check.observations and all(o.reachable and not o.error for o in check.observations.values())
              and not ((status.get("rollout") or {}).get("current")) and memory.fenced is not None
-             and not getattr(actor, "in_flight", False))
+             and not actor.in_flight)
     if quiet:
         memory.settled = Settled(mark, check.targets, _observed(check.observations), check.topology.primary,
                                  actor.cluster.lease_name, check.spec.failover.lease.clock_skew_seconds,
